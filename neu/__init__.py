@@ -1,0 +1,21 @@
+"""neu: the NEU surface defect data, read once, split honestly, batched fast.
+
+Importing this package is cheap and torch-free: the deployment runtime in `exports/`
+uses `neu.image` and must run where torch is not installed. The heavy parts live in
+`neu.dataset` (scan + decode + cache), `neu.split` (manifest, normalisation) and
+`neu.augment` (batch transforms on tensors).
+"""
+
+# Canonical order and names of the six NEU classes, used everywhere (tables, logits, ONNX
+# metadata). The names are NEU-DET's file prefixes; the codes are NEU-CLS's.
+NEU_CLASSES = (
+    "crazing",
+    "inclusion",
+    "patches",
+    "pitted_surface",
+    "rolled-in_scale",
+    "scratches",
+)
+NEU_CODES = ("Cr", "In", "Pa", "PS", "RS", "Sc")
+
+__all__ = ["NEU_CLASSES", "NEU_CODES"]
