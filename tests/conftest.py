@@ -1,0 +1,76 @@
+"""Shared fixtures. CUDA-only tests are marked `needs_cuda` and skipped here, centrally.
+
+Real-data tests take the `neu_data` fixture: it reads NEU_DATA, skips when unset, and fails
+instead when NEU_REQUIRE_DATA=1 (CI), so CI can never pass by silently skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA; none on this machine")
+    for item in items:
+        if "needs_cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def neu_data() -> Path:
+    value = os.environ.get("NEU_DATA")
+    required = os.environ.get("NEU_REQUIRE_DATA") == "1"
+    if not value:
+        if required:
+            pytest.fail("NEU_REQUIRE_DATA=1 but NEU_DATA is not set: point it at NEU-CLS")
+        pytest.skip("real-data test: set NEU_DATA to the NEU-CLS folder")
+    path = Path(value)
+    if not path.is_dir():
+        message = f"NEU_DATA={value} is not a folder"
+        if required:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Tests never read or pollute the user's decode cache unless they ask for it.
+    monkeypatch.setenv("NEU_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "neu-cache"))
+
+
+def write_image(path: Path, *, size=(24, 24), mode="L", seed=0, fmt=None) -> Path:
+    """A small random image; different seeds give different pixels."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    if mode == "L":
+        arr = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    else:
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode).save(path, format=fmt)
+    return path
+
+
+def make_neu_flat(root: Path, *, per_class=6, size=(24, 24), ext=".bmp") -> Path:
+    """A miniature NEU-CLS: Cr_1.bmp ... Sc_<per_class>.bmp, distinct pixels per file."""
+    from neu import NEU_CODES
+
+    for ci, code in enumerate(NEU_CODES):
+        for n in range(1, per_class + 1):
+            write_image(root / f"{code}_{n}{ext}", size=size, seed=1000 * ci + n)
+    return root
+
+
+@pytest.fixture
+def tiny_neu(tmp_path) -> Path:
+    return make_neu_flat(tmp_path / "NEU-CLS")
