@@ -74,3 +74,11 @@ def make_neu_flat(root: Path, *, per_class=6, size=(24, 24), ext=".bmp") -> Path
 @pytest.fixture
 def tiny_neu(tmp_path) -> Path:
     return make_neu_flat(tmp_path / "NEU-CLS")
+
+
+def make_class_folders(root: Path, counts: dict[str, int], *, size=(24, 24), ext=".png") -> Path:
+    """One sub-folder per class, `counts[name]` distinct images in each (ImageFolder layout)."""
+    for ci, (name, n) in enumerate(counts.items()):
+        for k in range(n):
+            write_image(root / name / f"img_{k}{ext}", size=size, seed=5000 + 100 * ci + k)
+    return root

@@ -1,0 +1,311 @@
+"""Train/val/test split: stratified, seeded, identical on every machine, leak-free.
+
+The order inside each class comes from sha256(f"{seed}:{group key}") where the group key is
+the content hash of an exact-duplicate group (the smallest file sha256 in it). So the split
+depends only on the seed and the file contents: not on Python's hash(), the global RNG, file
+names, listing order or the number of processes. Duplicates move as one group, so the same
+pixels can never sit in train and in val.
+
+Normalisation statistics come from the training images only (val must stay unseen), counted
+exactly with a 256-bin histogram per channel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neu._io import atomic_write_json
+from neu.dataset import Dataset, DatasetError, Problem
+
+MANIFEST_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    limit_per_class: int | None
+    source: str  # "seeded" | "layout" | "manifest"
+    train: np.ndarray  # int64 indices into the Dataset
+    val: np.ndarray
+    test: np.ndarray
+    mean: tuple[float, float, float]  # per model-input channel, 0..1 units, train only
+    std: tuple[float, float, float]
+    split_hash: str
+    notes: list[str] = field(default_factory=list)
+
+    def assignment(self, n: int) -> list[str]:
+        """Per dataset index: "train" / "val" / "test" / "unused" (left out by the limit)."""
+        out = ["unused"] * n
+        for name in SPLITS:
+            for i in getattr(self, name):
+                out[int(i)] = name
+        return out
+
+    def info(self) -> dict:
+        """The split's identity, as checkpoints and ONNX metadata record it."""
+        return {
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "limit_per_class": self.limit_per_class,
+        }
+
+
+def _order_key(seed: int, key: str, salt: str = "") -> str:
+    return hashlib.sha256(f"{seed}:{salt}{key}".encode()).hexdigest()
+
+
+def _groups(ds: Dataset) -> list[list[int]]:
+    """Exact pixel-duplicate groups (singletons included), as dataset indices."""
+    by_pixels: dict[str, list[int]] = {}
+    for i, h in enumerate(ds.pixel_hashes):
+        by_pixels.setdefault(h, []).append(i)
+    return list(by_pixels.values())
+
+
+def _take(groups: list[list[int]], target: int) -> tuple[list[int], list[list[int]]]:
+    """Walk groups in order, taking each that still fits under `target` images; a group of two
+    that would overshoot is skipped for a later singleton, so counts come out exact."""
+    taken, rest, n = [], [], 0
+    for g in groups:
+        if n + len(g) <= target:
+            taken.extend(g)
+            n += len(g)
+        else:
+            rest.append(g)
+    return taken, rest
+
+
+def _round(x: float) -> int:
+    return int(math.floor(x + 0.5))  # half-up: no banker's rounding surprises
+
+
+def split_hash_of(files: list[str], assignment: list[str]) -> str:
+    """sha256 of the canonical (file, split) assignment, independent of dataset order."""
+    pairs = sorted(zip(files, assignment, strict=True))
+    return hashlib.sha256(json.dumps(pairs, separators=(",", ":")).encode()).hexdigest()
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean/std (population) in 0..1 units from a 256-bin histogram, repeated
+    to 3 values for gray. Integer counts: no float summation order, so every machine agrees."""
+    if images.shape[0] == 0:
+        raise ValueError("no training images to compute mean/std from")
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
+        n = counts.sum()
+        m = (counts * values).sum() / n
+        var = (counts * (values - m) ** 2).sum() / n
+        means.append(float(m))
+        stds.append(float(var.sqrt()))
+    if len(means) == 1:
+        means, stds = means * 3, stds * 3
+    return tuple(means), tuple(stds)
+
+
+def _finish(ds, seed, val_fraction, test_fraction, limit, source, parts, notes=()) -> Split:
+    train, val, test = (np.array(sorted(parts[s]), dtype=np.int64) for s in SPLITS)
+    mean, std = channel_stats(ds.images[torch.from_numpy(train)])
+    split = Split(
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        limit_per_class=limit,
+        source=source,
+        train=train,
+        val=val,
+        test=test,
+        mean=mean,
+        std=std,
+        split_hash="",
+        notes=list(notes),
+    )
+    split.split_hash = split_hash_of(ds.files, split.assignment(len(ds)))
+    return split
+
+
+def make_split(
+    ds: Dataset,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    limit_per_class: int | None = None,
+    use_layout_split: bool = False,
+) -> Split:
+    """Stratified seeded split of `ds` (see module docstring).
+
+    Per class: val gets round(n * val_fraction) images, test round(n * test_fraction), train
+    the rest (at least one). limit_per_class first keeps a seeded subset of that many images
+    per class (the rest are "unused"). use_layout_split takes the Kaggle layout's own
+    train/valid/test instead (valid -> "val").
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"need 0 <= val_fraction, test_fraction and val+test < 1; got {val_fraction}, "
+            f"{test_fraction}"
+        )
+    if limit_per_class is not None and limit_per_class < 1:
+        raise ValueError(f"limit_per_class must be >= 1 or None, got {limit_per_class}")
+    groups = _groups(ds)
+    key = {id(g): min(ds.file_hashes[i] for i in g) for g in groups}
+    parts: dict[str, list[int]] = {s: [] for s in SPLITS}
+
+    if use_layout_split:
+        if ds.layout_split is None:
+            raise ValueError(
+                f"use_layout_split=True but the {ds.layout!r} layout has no split of its own"
+                " (only the Kaggle layout train/ valid/ test/ has one)"
+            )
+        notes = []
+        for g in groups:
+            # A duplicate group that the layout spread over two splits would leak: keep it
+            # together in the split of its first file.
+            target = ds.layout_split[g[0]]
+            if len({ds.layout_split[i] for i in g}) > 1:
+                notes.append(f"moved duplicates {[ds.files[i] for i in g]} all to {target}")
+            parts[target].extend(g)
+        return _finish(
+            ds, seed, val_fraction, test_fraction, limit_per_class, "layout", parts, notes
+        )
+
+    for c in range(len(ds.classes)):
+        cg = [g for g in groups if ds.labels[g[0]] == c]
+        if limit_per_class is not None:
+            cg.sort(key=lambda g: _order_key(seed, key[id(g)], "limit:"))
+            chosen, _ = _take(cg, limit_per_class)
+            chosen_set = set(chosen)
+            cg = [g for g in cg if g[0] in chosen_set]
+        cg.sort(key=lambda g: _order_key(seed, key[id(g)]))
+        n = sum(len(g) for g in cg)
+        n_test = _round(n * test_fraction)
+        n_val = _round(n * val_fraction)
+        # Keep at least one training image per class; tiny classes give up test first.
+        while n_test + n_val > n - 1 and (n_test or n_val):
+            if n_test:
+                n_test -= 1
+            else:
+                n_val -= 1
+        test, cg = _take(cg, n_test)
+        val, cg = _take(cg, n_val)
+        parts["test"].extend(test)
+        parts["val"].extend(val)
+        parts["train"].extend(i for g in cg for i in g)
+    return _finish(ds, seed, val_fraction, test_fraction, limit_per_class, "seeded", parts)
+
+
+# --- manifest ----------------------------------------------------------------------------
+
+
+def save_manifest(split: Split, ds: Dataset, path: str | Path) -> Path:
+    """Write the split as JSON (atomically): enough to rebuild it and to detect changed data."""
+    assignment = split.assignment(len(ds))
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "seed": split.seed,
+        "val_fraction": split.val_fraction,
+        "test_fraction": split.test_fraction,
+        "limit_per_class": split.limit_per_class,
+        "source": split.source,
+        "classes": list(ds.classes),
+        "layout": ds.layout,
+        "image_size": ds.image_size,
+        "channels": ds.channels,
+        "dataset_hash": ds.dataset_hash,
+        "split_hash": split.split_hash,
+        "mean": list(split.mean),
+        "std": list(split.std),
+        "counts": {s: len(getattr(split, s)) for s in SPLITS},
+        "items": [
+            {"file": f, "class": ds.classes[int(lab)], "sha256": h, "split": a}
+            for f, lab, h, a in zip(ds.files, ds.labels, ds.file_hashes, assignment, strict=True)
+        ],
+    }
+    return atomic_write_json(path, manifest)
+
+
+def load_manifest(path: str | Path, ds: Dataset) -> Split:
+    """Rebuild the Split stored at `path` for `ds`, checking that every file in the manifest
+    is in `ds` with the same class and the same bytes (sha256), and nothing was added."""
+    path = Path(path)
+    fix = (
+        f"restore the original files, or delete {path} to make a fresh split"
+        " (the new split will not match results made with the old one)"
+    )
+    try:
+        m = json.loads(path.read_text())
+        items = m["items"]
+        assignment = [it["split"] for it in items]
+        files = [it["file"] for it in items]
+    except FileNotFoundError:
+        raise DatasetError(
+            f"split manifest {path} does not exist",
+            fix="check the path, or run without a manifest to make (and save) a new split",
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DatasetError(
+            f"split manifest {path} is not a valid manifest ({type(e).__name__}: {e})",
+            fix=f"delete or replace {path}",
+        ) from None
+    if m.get("version") != MANIFEST_VERSION:
+        raise DatasetError(
+            f"split manifest {path} has version {m.get('version')!r}, expected {MANIFEST_VERSION}",
+            fix=f"delete {path} to make a fresh split",
+        )
+    if split_hash_of(files, assignment) != m.get("split_hash"):
+        raise DatasetError(
+            f"split manifest {path} was edited: its items do not match its split_hash",
+            fix=f"restore {path} from where it came from, or delete it to make a fresh split",
+        )
+
+    index = {f: i for i, f in enumerate(ds.files)}
+    problems = []
+    parts: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for it in items:
+        i = index.get(it["file"])
+        if i is None:
+            problems.append(Problem(it["file"], "in the manifest but missing from the dataset"))
+            continue
+        if ds.file_hashes[i] != it["sha256"]:
+            problems.append(Problem(it["file"], "contents changed since the manifest was made"))
+        elif ds.classes[int(ds.labels[i])] != it["class"]:
+            problems.append(
+                Problem(
+                    it["file"],
+                    f"class is now {ds.classes[int(ds.labels[i])]!r}, manifest says {it['class']!r}",
+                )
+            )
+        if it["split"] in parts:
+            parts[it["split"]].append(i)
+    listed = set(files)
+    for f in ds.files:
+        if f not in listed:
+            problems.append(Problem(f, "in the dataset but not in the manifest (new file?)"))
+    if problems:
+        raise DatasetError(
+            f"the data in {ds.root} does not match split manifest {path}", problems, fix=fix
+        )
+    split = _finish(
+        ds,
+        m["seed"],
+        m["val_fraction"],
+        m["test_fraction"],
+        m["limit_per_class"],
+        "manifest",
+        parts,
+    )
+    # Stored statistics win: a model trained with them must be evaluated with them.
+    split.mean, split.std = tuple(m["mean"]), tuple(m["std"])
+    return split
