@@ -1,0 +1,1 @@
+"""bench: train, measure and compare classifiers with one recipe (`python -m bench`)."""

@@ -1,0 +1,143 @@
+"""python -m bench {run,speed,list}: parse the command line and dispatch. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+
+from bench.config import ConfigError, Recipe, RunOptions, add_dataclass_args, build_configs
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Train, measure and export steel surface defect classifiers (NEU-CLS).",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="train every model with one recipe, report, export the winners to ONNX",
+        description="Train, evaluate, measure and export. Re-running the same command resumes.",
+    )
+    run.add_argument("--config", help="TOML file with recipe/run keys (flag names)")
+    add_dataclass_args(run, RunOptions, title="run")
+    add_dataclass_args(run, Recipe, title="recipe")
+
+    speed = sub.add_parser("speed", help="measure torch and ONNX Runtime speed, no training")
+    speed.add_argument("--models", default="all", help="as for run (default: all)")
+    speed.add_argument("--image-size", type=int, default=200, help="input side in pixels")
+    speed.add_argument("--checkpoint", help="a best.pt to measure instead of random init")
+    speed.add_argument("--num-classes", type=int, default=6, help="head size for random init")
+    speed.add_argument("--out", help="output folder (default runs/speed-<size>px)")
+    speed.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    speed.add_argument("--threads", type=int, help="CPU threads for torch and ONNX Runtime")
+    speed.add_argument("--speed-min-seconds", type=float, default=1.0)
+    speed.add_argument("--speed-min-iters", type=int, default=20)
+
+    ls = sub.add_parser("list", help="the model registry with params and GFLOPs")
+    ls.add_argument("--image-size", type=int, default=200)
+    ls.add_argument("--num-classes", type=int, default=6)
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    try:
+        if args.command == "run":
+            return _run(args, console)
+        if args.command == "speed":
+            return _speed(args, console)
+        if args.command == "list":
+            return _list(args, console)
+    except ConfigError as e:
+        console.print(f"error: {e}", style="bold red", markup=False)
+        return 2
+    return 2
+
+
+def _run(args, console) -> int:
+    from bench.registry import WeightsUnavailableError
+    from bench.report import print_tables
+    from bench.run import run
+    from bench.ui import make_reporter
+
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    try:
+        recipe, opts = build_configs(values, config_file=args.config)
+        reporter = make_reporter()
+        try:
+            results, code = run(recipe, opts, reporter)
+        finally:
+            reporter.close()
+    except (ValueError, WeightsUnavailableError, FileNotFoundError) as e:
+        # Bad flags, bad data (neu.dataset.DatasetError is a ValueError), missing weights.
+        console.print(f"error: {e}", style="bold red", markup=False)
+        return 2
+    print_tables(results, console)
+    out = opts.out or f"runs/{results['name']}"
+    console.print(f"results: {out}/results.json, report: {out}/report.md", markup=False)
+    return code
+
+
+def _speed(args, console) -> int:
+    from bench.measure import speed_command
+    from bench.report import print_tables
+    from bench.ui import make_reporter
+
+    opts = RunOptions(
+        models=args.models,
+        out=args.out,
+        device=args.device,
+        threads=args.threads,
+        speed_min_seconds=args.speed_min_seconds,
+        speed_min_iters=args.speed_min_iters,
+    )
+    reporter = make_reporter()
+    try:
+        results, out = speed_command(
+            opts,
+            image_size=args.image_size,
+            checkpoint=args.checkpoint,
+            num_classes=args.num_classes,
+            reporter=reporter,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"error: {e}", style="bold red", markup=False)
+        return 2
+    finally:
+        reporter.close()
+    print_tables(results, console)
+    console.print(f"results: {out}/results.json, report: {out}/report.md", markup=False)
+    return 0
+
+
+def _list(args, console) -> int:
+    from rich.table import Table
+
+    from bench.registry import DEFAULT_MODELS, build_model, imagenet_weights, list_models
+    from bench.speed import count_gflops, count_params
+
+    table = Table(title=f"registered models (GFLOPs at {args.image_size} px, batch 1)")
+    for col in ("model", "in 'all'", "params (M)", "GFLOPs", "ImageNet weights"):
+        table.add_column(col)
+    for name in list_models():
+        model = build_model(name, num_classes=args.num_classes)
+        w = imagenet_weights(name)
+        table.add_row(
+            name,
+            "yes" if name in DEFAULT_MODELS else "",
+            f"{count_params(model) / 1e6:.2f}",
+            f"{count_gflops(model, args.image_size):.2f}",
+            str(w) if w else "-",
+        )
+    console.print(table)
+    console.print("Any other torchvision classification model name also works.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""Configuration as typed dataclasses; each field's docstring is its `--help` text.
+
+`Recipe` is how every model is trained (saved with the results, so a number can always be
+traced to the recipe that produced it). `RunOptions` is what to run and where. Flags, a
+`--config recipe.toml` file and `--quick` fill both; `__post_init__` rejects bad values with
+a message that names the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import os
+import textwrap
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class Recipe:
+    epochs: int = 10
+    """Training epochs per model and seed."""
+    batch_size: int = 32
+    """Training batch size."""
+    image_size: int = 200
+    """Side of the square model input in pixels (NEU-CLS images are 200 x 200)."""
+    lr: float | None = None
+    """Adam learning rate of the backbone. Default follows the weights: 1e-4 when fine-tuning
+    ImageNet weights, 1e-3 from scratch."""
+    head_lr_mult: float | None = None
+    """Head learning rate = lr x this. Default: 10 when fine-tuning (the new head learns fast,
+    the pretrained backbone slowly), 1 from scratch (nothing to protect)."""
+    weight_decay: float = 0.0
+    """Adam weight decay (L2)."""
+    lr_gamma: float = 0.9
+    """ExponentialLR factor, applied once per epoch (not per batch)."""
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing."""
+    crop_scale_min: float = 0.08
+    """Smallest area fraction kept by RandomResizedCrop (training only)."""
+    hflip: bool = True
+    """Random horizontal flip during training."""
+    weights: str = "auto"
+    """auto | imagenet | none | PATH. auto uses ImageNet weights when they can be obtained,
+    else trains from scratch with a warning."""
+    val_fraction: float = 0.2
+    """Fraction of each class held out for validation."""
+    test_fraction: float = 0.0
+    """Fraction of each class held out as a test split (0 = none)."""
+    split_seed: int = 0
+    """Seed of the train/validation split (independent of the training seeds)."""
+    limit_per_class: int | None = None
+    """Use a stratified subset of N images per class (quick looks, tests)."""
+    amp: bool = True
+    """Mixed precision (bf16 where supported, else fp16) on CUDA; ignored on CPU."""
+    channels_last: bool = True
+    """channels_last memory format (faster convolutions on CUDA and on CPU oneDNN)."""
+    eval_batch_size: int = 64
+    """Batch size for validation and the parity check."""
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
+        _check(self.batch_size >= 2, "batch_size", "must be >= 2 (BatchNorm)", self.batch_size)
+        _check(self.image_size >= 16, "image_size", "must be >= 16 pixels", self.image_size)
+        _check(self.lr is None or self.lr > 0, "lr", "must be > 0", self.lr)
+        _check(
+            self.head_lr_mult is None or self.head_lr_mult > 0,
+            "head_lr_mult",
+            "must be > 0",
+            self.head_lr_mult,
+        )
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
+        _check(0 < self.lr_gamma <= 1, "lr_gamma", "must be in (0, 1]", self.lr_gamma)
+        _check(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)", 0)
+        _check(0 < self.crop_scale_min <= 1, "crop_scale_min", "must be in (0, 1]", 0)
+        _check(0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)", self.val_fraction)
+        _check(
+            0 <= self.test_fraction < 1 - self.val_fraction,
+            "test_fraction",
+            "must be >= 0 and leave training images",
+            self.test_fraction,
+        )
+        _check(
+            self.limit_per_class is None or self.limit_per_class >= 3,
+            "limit_per_class",
+            "must be >= 3 (train and validation need images of every class)",
+            self.limit_per_class,
+        )
+        _check(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1", 0)
+        w = self.weights
+        _check(
+            w in ("auto", "imagenet", "none") or Path(w).suffix in (".pt", ".pth"),
+            "weights",
+            "must be auto, imagenet, none or a .pt/.pth file",
+            w,
+        )
+
+    def effective_lr(self, weights_used: str) -> tuple[float, float]:
+        """(backbone lr, head lr) for weights actually used ('imagenet' / 'none' / path)."""
+        pretrained = weights_used != "none"
+        lr = self.lr if self.lr is not None else (1e-4 if pretrained else 1e-3)
+        mult = self.head_lr_mult if self.head_lr_mult is not None else (10.0 if pretrained else 1.0)
+        return lr, lr * mult
+
+
+QUICK_PRESET = {"limit_per_class": 20, "image_size": 64, "epochs": 2, "eval_batch_size": 64}
+"""--quick: a first look on a CPU in a few minutes; every output is labelled as quick."""
+
+
+@dataclass
+class RunOptions:
+    models: str = "all"
+    """'all' (resnet50, vgg16_bn, densenet121, shufflenet_v2_x1_0), a comma list, or fnmatch
+    patterns like 'resnet*'; any torchvision classifier name works."""
+    data: str | None = None
+    """Dataset folder. Default: $NEU_DATA, then data/NEU-CLS."""
+    layout: str = "auto"
+    """Dataset layout: auto | neu-cls | folder | kaggle | neu-det."""
+    exclude_bad: bool = False
+    """Skip unreadable or unlabelled files (listed in the report) instead of failing."""
+    split: str | None = None
+    """Reuse a split manifest (JSON written by a previous run) instead of making one."""
+    seeds: str = "0"
+    """Training seeds, comma separated; accuracy is reported as mean, std and a 95% interval."""
+    out: str | None = None
+    """Output folder. Default: runs/<name>."""
+    name: str | None = None
+    """Run name (default: derived from models, quick and image size)."""
+    device: str = "auto"
+    """auto (CUDA when available) | cpu | cuda | cuda:N."""
+    deterministic: bool = False
+    """Bit-reproducible runs (deterministic kernels; CPU runs resume to identical results)."""
+    threads: int | None = None
+    """CPU threads for torch and ONNX Runtime (default: torch's default)."""
+    quick: bool = False
+    """Preset for a first look on a CPU: 20 images per class, 64 px, 2 epochs."""
+    export: str = "pareto"
+    """best | pareto (best + accuracy/latency Pareto front) | all | none | comma list of models."""
+    speed: bool = True
+    """Measure throughput and latency (torch and ONNX Runtime) after training."""
+    speed_min_seconds: float = 1.0
+    """Each latency/throughput measurement runs at least this long..."""
+    speed_min_iters: int = 20
+    """...and at least this many iterations (after warm-up)."""
+
+    def __post_init__(self):
+        _check(
+            self.layout in ("auto", "neu-cls", "folder", "kaggle", "neu-det"),
+            "layout",
+            "must be auto, neu-cls, folder, kaggle or neu-det",
+            self.layout,
+        )
+        try:
+            seeds = self.seed_list
+        except ValueError:
+            seeds = None
+        _check(bool(seeds), "seeds", "must be comma-separated integers like 0,1,2", self.seeds)
+        _check(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            "device",
+            "must be auto, cpu, cuda or cuda:N",
+            self.device,
+        )
+        _check(self.threads is None or self.threads >= 1, "threads", "must be >= 1", self.threads)
+        _check(self.speed_min_seconds >= 0, "speed_min_seconds", "must be >= 0", 0)
+        _check(self.speed_min_iters >= 1, "speed_min_iters", "must be >= 1", 0)
+
+    @property
+    def seed_list(self) -> list[int]:
+        seeds = [int(s) for s in self.seeds.split(",") if s.strip()]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("duplicate seed")
+        return seeds
+
+    def data_path(self) -> Path:
+        return Path(self.data or os.environ.get("NEU_DATA") or "data/NEU-CLS")
+
+
+def _check(ok: bool, name: str, why: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"{_flag(name)} {why} (got {value!r})")
+
+
+# --- dataclass <-> argparse / TOML -----------------------------------------------------------
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Attribute docstrings (the string literal under each field), as litgpt does."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _base_type(annotation):
+    hints = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next(h for h in hints if h is not type(None))
+    return annotation
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, *, title: str) -> None:
+    """One flag per field; defaults are SUPPRESS so we can tell what the user actually set."""
+    group = parser.add_argument_group(title)
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        typ = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        # argparse %-formats help strings.
+        help_text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")
+        if typ is bool:
+            group.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            group.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                type=_parser_for(typ, f.name),
+                default=argparse.SUPPRESS,
+                metavar=typ.__name__.upper(),
+                help=help_text,
+            )
+
+
+def _parser_for(typ, name):
+    def parse(text: str):
+        try:
+            return typ(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{_flag(name)} expects {typ.__name__}, got {text!r}"
+            ) from None
+
+    return parse
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--config {path}: invalid TOML ({e})") from None
+    # Accept flat keys or [recipe] / [run] tables; dashes or underscores.
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key in ("recipe", "run"):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return {k.replace("-", "_"): v for k, v in flat.items()}
+
+
+def build_configs(args: dict, *, config_file: str | None = None) -> tuple[Recipe, RunOptions]:
+    """Precedence: explicit flags > --config file > --quick preset > defaults."""
+    values: dict = {}
+    if args.get("quick"):
+        values.update(QUICK_PRESET)
+    if config_file:
+        values.update(load_toml(config_file))
+    values.update(args)
+    names = {f.name for f in dataclasses.fields(Recipe)} | {
+        f.name for f in dataclasses.fields(RunOptions)
+    }
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"--config {config_file}: unknown keys {unknown}; valid keys are the flag names"
+        )
+    _check_types(values)
+    recipe_keys = {f.name for f in dataclasses.fields(Recipe)}
+    try:
+        recipe = Recipe(**{k: v for k, v in values.items() if k in recipe_keys})
+        run = RunOptions(**{k: v for k, v in values.items() if k not in recipe_keys})
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
+    return recipe, run
+
+
+def _check_types(values: dict) -> None:
+    """Flags are parsed by type already; this catches `epochs = "ten"` in a TOML file."""
+    hints = {**typing.get_type_hints(Recipe), **typing.get_type_hints(RunOptions)}
+    for key, value in values.items():
+        typ = _base_type(hints[key])
+        if value is None:
+            continue
+        ok = (
+            isinstance(value, bool)
+            if typ is bool
+            else isinstance(value, (int, float)) and not isinstance(value, bool)
+            if typ is float
+            else isinstance(value, typ) and not isinstance(value, bool)
+        )
+        if not ok:
+            raise ConfigError(f"{_flag(key)} expects {typ.__name__}, got {value!r}")
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+__all__ = [
+    "ConfigError",
+    "Recipe",
+    "RunOptions",
+    "QUICK_PRESET",
+    "add_dataclass_args",
+    "build_configs",
+    "field_docs",
+    "load_toml",
+    "to_dict",
+]

@@ -1,0 +1,279 @@
+"""After training: speed of every model, export of the winners, and the parity proof.
+
+Also `bench speed`, the same measurements without training (random init or a checkpoint).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bench import report, speed
+from bench.registry import build_model, load_checkpoint, resolve_models
+
+BATCH_SIZES = (1, 32)
+
+
+def best_rows(results: dict) -> dict[str, dict]:
+    """Per model, the ok row of its most accurate seed (its checkpoint is the one we ship)."""
+    best: dict[str, dict] = {}
+    for row in results["rows"]:
+        if row["status"] != "ok":
+            continue
+        cur = best.get(row["model"])
+        if cur is None or (row["val_accuracy"], -row["val_loss"]) > (
+            cur["val_accuracy"],
+            -cur["val_loss"],
+        ):
+            best[row["model"]] = row
+    return best
+
+
+def _timing(opts) -> dict:
+    return {"min_seconds": opts.speed_min_seconds, "min_iters": opts.speed_min_iters}
+
+
+def measure_torch(results: dict, out: Path, ctx, opts, reporter) -> list[dict]:
+    rows = []
+    for name, row in best_rows(results).items():
+        ckpt = out / row["checkpoint"]
+        results["models"][name]["checkpoint_size_mb"] = speed.file_size_mb(ckpt)
+        model, _ = load_checkpoint(ckpt)
+        reporter.log(f"[{name}] measuring PyTorch inference speed on {ctx.device}")
+        try:
+            rows += speed.speed_rows_for_model(
+                model,
+                name=name,
+                image_size=ctx.recipe.image_size,
+                device=ctx.device,
+                batch_sizes=BATCH_SIZES,
+                threads=opts.threads,
+                **_timing(opts),
+            )
+        except Exception as e:  # a speed failure is recorded, never fatal to the results
+            rows.append({"model": name, "runtime": "torch", "error": f"{type(e).__name__}: {e}"})
+        del model
+    return rows
+
+
+def _batch1_latency(rows: list[dict], name: str, runtime: str = "torch") -> float | None:
+    for r in rows:
+        if (
+            r.get("model") == name
+            and r.get("runtime") == runtime
+            and r.get("batch_size") == 1
+            and r.get("precision") == "fp32"
+            and not r.get("max_batch")
+            and "latency_ms_p50" in r
+        ):
+            return r["latency_ms_p50"]
+    return None
+
+
+def select_exports(results: dict, how: str) -> tuple[list[str], str]:
+    """Models to export, and why. how: best | pareto | all | none | comma list."""
+    summary = report.summarize_models(results["rows"])
+    ok = [s["model"] for s in summary if s["val_accuracy_mean"] is not None]
+    if how == "none" or not ok:
+        return [], "none"
+    if how == "all":
+        return ok, "all"
+    if how not in ("best", "pareto"):
+        names = [n.strip() for n in how.split(",") if n.strip()]
+        missing = [n for n in names if n not in ok]
+        if missing:
+            raise ValueError(f"--export {how}: {missing} did not train successfully in this run")
+        return names, "requested"
+    acc = {s["model"]: s["val_accuracy_mean"] for s in summary if s["model"] in ok}
+    lat = {n: _batch1_latency(results["speed"], n) for n in ok}
+    best = max(ok, key=lambda n: (acc[n], -(lat[n] or 0)))
+    if how == "best" or any(v is None for v in lat.values()):
+        return [best], "best"
+    names = [n for n in ok]
+    front = speed.pareto_front([(lat[n], acc[n]) for n in names])
+    chosen = [best] + [names[i] for i in front if names[i] != best]
+    return chosen, "pareto"
+
+
+def export_and_verify(results: dict, out: Path, ctx, opts, reporter) -> None:
+    from exports.export import build_metadata, export_onnx
+    from exports.parity import check_parity
+
+    names, why = select_exports(results, opts.export)
+    results["export_selection"] = {"how": why, "models": names}
+    if not names:
+        return
+    best = best_rows(results)
+    # Parity runs on every validation image, exactly as evaluation fed them (fp32, CPU).
+    inputs = ctx.eval_inputs(ctx.val_idx).float().cpu().contiguous()
+    labels = ctx.labels[ctx.val_idx].cpu().numpy()
+    results["exports"] = []
+    for name in names:
+        row = best[name]
+        path = out / "exports" / f"{name}.onnx"
+        entry = {"model": name, "seed": row["seed"], "path": str(path.relative_to(out))}
+        try:
+            model, meta = load_checkpoint(out / row["checkpoint"])
+            metadata = build_metadata(
+                model_name=name,
+                classes=meta["classes"],
+                image_size=meta["image_size"],
+                channels=meta["channels"],
+                mean=meta["mean"],
+                std=meta["std"],
+                val_accuracy=row["val_accuracy"],
+                dataset_hash=meta["dataset_hash"],
+                split_hash=meta["split_hash"],
+                split=meta["split"],
+                weights=meta["weights"],
+            )
+            reporter.log(f"[{name}] exporting to {path}")
+            export_onnx(model, path, metadata=metadata, image_size=meta["image_size"])
+            entry["size_mb"] = speed.file_size_mb(path)
+            results["models"][name]["onnx_size_mb"] = entry["size_mb"]
+            reporter.log(f"[{name}] parity on {len(labels)} validation images")
+            parity = check_parity(
+                model,
+                path,
+                inputs,
+                labels,
+                batch_sizes=(1, 32),
+                provider="cpu",
+                threads=opts.threads,
+            )
+            entry.update(parity.to_dict())
+            entry["path"] = str(path.relative_to(out))
+            entry["parity_passed"] = bool(parity.passed)
+            if not parity.passed:
+                reporter.warn(f"[{name}] PARITY FAILED: {'; '.join(parity.failures)}")
+            if opts.speed:
+                results["speed"] += _ort_rows(name, path, ctx, opts, reporter)
+        except Exception as e:
+            entry.update(parity_passed=False, error=f"{type(e).__name__}: {e}")
+            reporter.warn(f"[{name}] export failed: {entry['error']}")
+        results["exports"].append(entry)
+    if opts.speed:
+        results["speed_ratios"] = speed.speedup(results["speed"])
+        _plot(results, out)
+
+
+def _ort_rows(name, path, ctx, opts, reporter) -> list[dict]:
+    from exports.runtime import create_session
+
+    rows = []
+    providers = ["cpu"] + (["cuda", "tensorrt"] if ctx.device.type == "cuda" else [])
+    for provider in providers:
+        try:
+            create_session(path, provider=provider, threads=opts.threads, strict=True)
+        except Exception as e:  # GPU provider not really usable: say so, never mislabel
+            reporter.log(f"[{name}] onnxruntime {provider}: not in use ({e})")
+            continue
+        for bs in BATCH_SIZES:
+            r = speed.ort_inference(
+                path,
+                image_size=ctx.recipe.image_size,
+                provider=provider,
+                batch_size=bs,
+                threads=opts.threads,
+                **_timing(opts),
+            )
+            rows.append({"model": name, **r, "max_batch": False})
+    return rows
+
+
+def _plot(results: dict, out: Path) -> None:
+    summary = {s["model"]: s for s in report.summarize_models(results["rows"])}
+    points = []
+    for r in results["speed"]:
+        if (
+            r.get("batch_size") == 1
+            and r.get("precision") == "fp32"
+            and "latency_ms_p50" in r
+            and summary.get(r["model"], {}).get("val_accuracy_mean") is not None
+        ):
+            points.append({**r, "val_accuracy": summary[r["model"]]["val_accuracy_mean"]})
+    if points:
+        speed.plot_accuracy_vs_latency(points, out / "accuracy_vs_latency.png")
+        results["plot"] = "accuracy_vs_latency.png"
+
+
+def speed_command(opts, *, image_size: int, checkpoint: str | None, num_classes: int, reporter):
+    """`bench speed`: measure without training. Returns the results dict."""
+    from exports.export import build_metadata, export_onnx
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    from bench.run import _now, pick_device
+
+    device = pick_device(opts.device)
+    names = resolve_models(opts.models)
+    out = Path(opts.out or Path("runs") / f"speed-{image_size}px")
+    results = {
+        "schema_version": 1,
+        "kind": "speed",
+        "created": _now(),
+        "environment": {**speed.environment(), "device": str(device)},
+        "image_size": image_size,
+        "models": {},
+        "rows": [],
+        "speed": [],
+        "exports": [],
+    }
+    for name in names:
+        if checkpoint:
+            model, meta = load_checkpoint(checkpoint)
+            if meta["model"] != name:
+                continue
+            source, classes = str(checkpoint), meta["classes"]
+        else:
+            torch.manual_seed(0)
+            model = build_model(name, num_classes=num_classes).eval()
+            source, classes = "random init", [f"class_{i}" for i in range(num_classes)]
+        info = results["models"][name] = {
+            "weights": source,
+            "params_m": speed.count_params(model) / 1e6,
+            "gflops": speed.count_gflops(model, image_size),
+        }
+        onnx_path = out / "exports" / f"{name}.onnx"
+        reporter.log(f"[{name}] exporting to ONNX for the onnxruntime rows")
+        export_onnx(
+            model,
+            onnx_path,
+            image_size=image_size,
+            metadata=build_metadata(
+                model_name=name,
+                classes=classes,
+                image_size=image_size,
+                channels=3,
+                mean=[0.5] * 3,
+                std=[0.25] * 3,
+                val_accuracy=None,
+                dataset_hash="none",
+                split_hash="none",
+                split={},
+                weights=source,
+            ),
+        )
+        info["onnx_size_mb"] = speed.file_size_mb(onnx_path)
+        reporter.log(f"[{name}] measuring torch and onnxruntime on {device}")
+        notes: list[str] = []
+        results["speed"] += speed.speed_rows_for_model(
+            model,
+            name=name,
+            image_size=image_size,
+            onnx_path=onnx_path,
+            device=device,
+            batch_sizes=BATCH_SIZES,
+            providers=("cpu", "cuda", "tensorrt") if device.type == "cuda" else ("cpu",),
+            threads=opts.threads,
+            notes=notes,
+            **_timing(opts),
+        )
+        info["notes"] = notes
+        report.write_outputs(out, results)
+    if checkpoint and not results["models"]:
+        raise ValueError(f"--checkpoint {checkpoint} is for another model than --models")
+    results["speed_ratios"] = speed.speedup(results["speed"])
+    report.write_outputs(out, results, final=True)
+    return results, out

@@ -1,0 +1,399 @@
+"""Views of the results dict: results.json, results.csv, report.md and rich tables.
+
+The data is the dict; everything here only formats it, so every view shows the same numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from bench import metrics as M
+from neu._io import atomic_write_json, atomic_write_text
+
+ROW_COLUMNS = [
+    "model",
+    "seed",
+    "status",
+    "error",
+    "weights",
+    "val_accuracy",
+    "val_accuracy_ci95_low",
+    "val_accuracy_ci95_high",
+    "macro_f1",
+    "val_loss",
+    "test_accuracy",
+    "best_epoch",
+    "epochs",
+    "lr",
+    "head_lr",
+    "train_seconds",
+    "train_img_s",
+    "compute_img_s",
+    "pipeline_efficiency",
+    "params_m",
+    "gflops",
+]
+
+SPEED_COLUMNS = [
+    "model",
+    "runtime",
+    "provider",
+    "precision",
+    "channels_last",
+    "batch_size",
+    "threads",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "latency_ms_p99",
+    "latency_ms_mean",
+    "latency_ms_std",
+    "n",
+    "throughput_img_s",
+    "max_batch",
+]
+
+
+def summarize_models(rows: list[dict]) -> list[dict]:
+    """One entry per model over its seeds: accuracy mean, std and a 95% interval.
+
+    One seed: Clopper-Pearson interval of that accuracy (binomial over validation images).
+    Several: Student-t interval of the mean over seeds (seed-to-seed variation).
+    """
+    order = list(dict.fromkeys(r["model"] for r in rows))
+    out = []
+    for name in order:
+        mine = [r for r in rows if r["model"] == name]
+        ok = [r for r in mine if r["status"] == "ok"]
+        entry = {
+            "model": name,
+            "seeds": len(mine),
+            "failed": len(mine) - len(ok),
+            "weights": mine[0].get("weights"),
+            "val_accuracy_mean": None,
+            "val_accuracy_std": None,
+            "val_accuracy_ci95": None,
+            "ci_method": None,
+            "macro_f1_mean": None,
+            "train_seconds_mean": None,
+            "params_m": mine[0].get("params_m"),
+            "gflops": mine[0].get("gflops"),
+        }
+        if ok:
+            accs = [r["val_accuracy"] for r in ok]
+            stats = M.mean_ci(accs)
+            if len(ok) == 1:
+                ci = [ok[0]["val_accuracy_ci95_low"], ok[0]["val_accuracy_ci95_high"]]
+                method = f"Clopper-Pearson 95% (n={ok[0]['val_images']} images)"
+            else:
+                ci, method = stats["ci95"], f"Student-t 95% over {len(ok)} seeds"
+            entry.update(
+                val_accuracy_mean=stats["mean"],
+                val_accuracy_std=stats["std"],
+                val_accuracy_ci95=ci,
+                ci_method=method,
+                macro_f1_mean=sum(r["macro_f1"] for r in ok) / len(ok),
+                train_seconds_mean=sum(r["train_seconds"] for r in ok) / len(ok),
+                pipeline_efficiency_mean=sum(r["pipeline_efficiency"] for r in ok) / len(ok),
+                train_img_s_mean=sum(r["train_img_s"] for r in ok) / len(ok),
+            )
+        out.append(entry)
+    return out
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _num(v, fmt=".2f") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, fmt)
+
+
+def _acc_cell(s: dict) -> str:
+    if s["val_accuracy_mean"] is None:
+        return "failed"
+    lo, hi = s["val_accuracy_ci95"] or (None, None)
+    text = _pct(s["val_accuracy_mean"])
+    if s["seeds"] - s["failed"] > 1:
+        text += f" ± {100 * s['val_accuracy_std']:.2f}"
+    if lo is not None:
+        text += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return text
+
+
+def summary_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    head = [
+        "model",
+        "weights",
+        "params (M)",
+        "GFLOPs",
+        "val acc [95% CI]",
+        "macro-F1",
+        "train time",
+        "train img/s",
+        "pipeline eff.",
+        "seeds",
+    ]
+    body = []
+    for s in summarize_models(results["rows"]):
+        body.append(
+            [
+                s["model"],
+                str(s["weights"]),
+                _num(s["params_m"], ".1f"),
+                _num(s["gflops"], ".2f"),
+                _acc_cell(s),
+                _num(s["macro_f1_mean"], ".4f"),
+                "-" if s["train_seconds_mean"] is None else f"{s['train_seconds_mean']:.0f} s",
+                _num(s.get("train_img_s_mean"), ".1f"),
+                _num(s.get("pipeline_efficiency_mean"), ".2f"),
+                f"{s['seeds'] - s['failed']}/{s['seeds']}",
+            ]
+        )
+    return head, body
+
+
+def speed_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    head = [
+        "model",
+        "runtime",
+        "provider",
+        "precision",
+        "batch",
+        "threads",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "img/s",
+        "n",
+    ]
+    body = []
+    for r in results.get("speed", []):
+        if "error" in r:
+            body.append([r["model"], r.get("runtime", "?"), "error: " + r["error"]] + [""] * 8)
+            continue
+        prec = r["precision"] + (" CL" if r.get("channels_last") else "")
+        body.append(
+            [
+                r["model"],
+                r["runtime"],
+                r["provider"],
+                prec,
+                str(r["batch_size"]) + (" (max)" if r.get("max_batch") else ""),
+                str(r["threads"]),
+                _num(r["latency_ms_p50"]),
+                _num(r["latency_ms_p90"]),
+                _num(r["latency_ms_p99"]),
+                _num(r["throughput_img_s"], ".1f"),
+                str(r["n"]),
+            ]
+        )
+    return head, body
+
+
+def ratio_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    head = [
+        "model",
+        "torch p50 ms (b1)",
+        "ORT p50 ms (b1)",
+        "ORT speed-up (b1)",
+        "torch img/s (b32)",
+        "ORT img/s (b32)",
+        "ORT/torch (b32)",
+    ]
+    body = []
+    for r in results.get("speed_ratios", []):
+        vals = list(r.values())[1:]
+        body.append([r["model"]] + [_num(v) for v in vals])
+    return head, body
+
+
+def exports_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    head = [
+        "model",
+        "file",
+        "MB",
+        "provider",
+        "images",
+        "max |Δ| logits",
+        "max rel Δ",
+        "top-1 disagree",
+        "acc torch",
+        "acc ONNX",
+        "parity",
+    ]
+    body = []
+    for e in results.get("exports", []):
+        body.append(
+            [
+                e["model"],
+                e["path"],
+                _num(e.get("size_mb"), ".1f"),
+                str(e.get("provider", "-")),
+                str(e.get("n_images", "-")),
+                _num(e.get("max_abs_diff"), ".2e"),
+                _num(e.get("max_rel_diff"), ".2e"),
+                str(e.get("top1_disagreements", "-")),
+                _pct(e.get("torch_accuracy")),
+                _pct(e.get("onnx_accuracy")),
+                "PASS" if e.get("parity_passed") else f"FAIL {e.get('error') or ''}".strip(),
+            ]
+        )
+    return head, body
+
+
+def _md_table(head: list[str], body: list[list[str]]) -> str:
+    def esc(c):
+        return str(c).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(esc, head)) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    quick = results.get("quick")
+    env = results.get("environment", {})
+    parts = [f"# neu-bench {results.get('kind', 'run')}: {results.get('name', '')}"]
+    if quick:
+        parts.append(
+            "> **QUICK PRESET**: a stratified subset, small images, few epochs. A first look, "
+            "not a benchmark result."
+        )
+    parts.append(
+        f"Created {results.get('created')} on **{env.get('device', '?')}** "
+        f"(torch {env.get('torch')}, torchvision {env.get('torchvision')}, "
+        f"onnxruntime {env.get('onnxruntime')}, {env.get('torch_threads')} torch threads)."
+    )
+    ds = results.get("dataset")
+    if ds:
+        sp = ds["split"]
+        parts.append(
+            f"Data: `{ds['root']}` ({ds['layout']}, {ds['num_images']} images, "
+            f"{len(ds['classes'])} classes); split {sp['train_images']} train / "
+            f"{sp['val_images']} val / {sp['test_images']} test (seed {sp['seed']}, "
+            f"dataset {ds['dataset_hash'][:12]}, split {ds['split_hash'][:12]}). "
+            f"Normalisation from the training split: mean {[round(v, 4) for v in ds['mean']]}, "
+            f"std {[round(v, 4) for v in ds['std']]}."
+        )
+        if ds.get("excluded"):
+            parts.append(
+                f"Excluded files ({len(ds['excluded'])}): "
+                + ", ".join(f"`{e['file']}` ({e['problem']})" for e in ds["excluded"])
+            )
+    if results.get("recipe"):
+        r = results["recipe"]
+        parts.append(
+            "Recipe: "
+            + ", ".join(f"{k}={v}" for k, v in r.items())
+            + ". Weights used: "
+            + ", ".join(f"{m}: {w}" for m, w in results.get("weights", {}).items())
+        )
+    if results.get("rows"):
+        parts += ["## Accuracy", _md_table(*summary_table_rows(results))]
+        methods = {s["ci_method"] for s in summarize_models(results["rows"]) if s["ci_method"]}
+        if methods:
+            parts.append("Intervals: " + "; ".join(sorted(methods)) + ".")
+        parts += [
+            "### Per model and seed",
+            _md_table(
+                ROW_COLUMNS, [[_cell(r.get(c)) for c in ROW_COLUMNS] for r in results["rows"]]
+            ),
+        ]
+    for name, cm in results.get("confusion_matrices", {}).items():
+        classes = results["dataset"]["classes"]
+        head = ["true \\ predicted", *classes]
+        parts += [
+            f"### Confusion matrix: {name}",
+            _md_table(head, [[c, *map(str, row)] for c, row in zip(classes, cm, strict=False)]),
+        ]
+    if results.get("speed"):
+        parts += [
+            "## Speed",
+            "Latency of the model alone (inputs prepared before the clock), warm-up first, "
+            "then at least the configured seconds and iterations; percentiles over all samples.",
+            _md_table(*speed_table_rows(results)),
+        ]
+        if results.get("speed_ratios"):
+            parts += [
+                "### ONNX Runtime vs PyTorch (CPU, same threads)",
+                _md_table(*ratio_table_rows(results)),
+            ]
+    if results.get("plot"):
+        parts += ["## Accuracy vs latency", f"![accuracy vs batch-1 latency]({results['plot']})"]
+    if results.get("exports"):
+        parts += [
+            "## ONNX exports and parity",
+            "Every validation image through PyTorch and ONNX Runtime at batch 1 and 32; passes "
+            "when every top-1 agrees and max |Δ logits| is within the tolerance.",
+            _md_table(*exports_table_rows(results)),
+        ]
+    return "\n\n".join(parts) + "\n"
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def csv_text(rows: list[dict], columns: list[str]) -> str:
+    buf = io.StringIO()
+    extra = sorted({k for r in rows for k in r} - set(columns))
+    w = csv.DictWriter(buf, fieldnames=columns + extra, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_outputs(out: Path, results: dict, *, final: bool = False) -> None:
+    """results.json, results.csv (+ speed.csv) and report.md, each written atomically."""
+    out = Path(out)
+    if final and results.get("rows"):
+        results["summary"] = summarize_models(results["rows"])
+        results["confusion_matrices"] = _confusion_matrices(out, results)
+    atomic_write_json(out / "results.json", results)
+    if results.get("rows"):
+        atomic_write_text(out / "results.csv", csv_text(results["rows"], ROW_COLUMNS))
+    if results.get("speed"):
+        atomic_write_text(out / "speed.csv", csv_text(results["speed"], SPEED_COLUMNS))
+    atomic_write_text(out / "report.md", markdown(results))
+
+
+def _confusion_matrices(out: Path, results: dict) -> dict:
+    import json
+
+    cms = {}
+    for r in results["rows"]:
+        if r["status"] == "ok":
+            path = out / r["model"] / f"seed{r['seed']}" / "metrics.json"
+            if path.exists():
+                cms[f"{r['model']} seed {r['seed']}"] = json.loads(path.read_text())[
+                    "confusion_matrix"
+                ]
+    return cms
+
+
+def print_tables(results: dict, console) -> None:
+    from rich.table import Table
+
+    def show(title, head, body):
+        if not body:
+            return
+        t = Table(title=title)
+        for h in head:
+            t.add_column(h)
+        for row in body:
+            t.add_row(*row)
+        console.print(t)
+
+    label = " (QUICK preset: a first look, not a benchmark)" if results.get("quick") else ""
+    if results.get("rows"):
+        show("accuracy" + label, *summary_table_rows(results))
+    show("speed" + label, *speed_table_rows(results))
+    show("ONNX Runtime vs PyTorch", *ratio_table_rows(results))
+    show("ONNX exports and parity" + label, *exports_table_rows(results))

@@ -1,0 +1,273 @@
+"""`bench run`: the sweep. Data once, then every (model, seed), then speed, export and parity.
+
+Each step leaves a complete, atomically written record: results.json is rewritten after
+every model, so an interrupted sweep shows what finished, and re-running the same command
+skips it and resumes the rest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import traceback
+from pathlib import Path
+
+import torch
+
+from bench import report
+from bench.config import ConfigError, Recipe, RunOptions, to_dict
+from bench.registry import build_model, resolve_models, resolve_weights
+from bench.train import Context, train_one
+
+SCHEMA_VERSION = 1
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {spec}: no CUDA device is available; use --device cpu")
+    return torch.device(spec)
+
+
+def default_name(recipe: Recipe, opts: RunOptions, names: list[str]) -> str:
+    models = "all" if opts.models == "all" else "-".join(names)[:60]
+    return f"{'quick-' if opts.quick else ''}{models}-{recipe.image_size}px"
+
+
+def configure_torch(opts: RunOptions, device: torch.device) -> None:
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if opts.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest
+
+
+def load_data(recipe: Recipe, opts: RunOptions):
+    from neu.dataset import load_dataset
+    from neu.split import load_manifest, make_split
+
+    ds = load_dataset(
+        opts.data_path(),
+        image_size=recipe.image_size,
+        layout=opts.layout,
+        exclude_bad=opts.exclude_bad,
+    )
+    if opts.split:
+        split = load_manifest(opts.split, ds)
+    else:
+        split = make_split(
+            ds,
+            seed=recipe.split_seed,
+            val_fraction=recipe.val_fraction,
+            test_fraction=recipe.test_fraction,
+            limit_per_class=recipe.limit_per_class,
+        )
+    return ds, split
+
+
+def dataset_record(ds, split) -> dict:
+    labels = list(ds.labels)
+    return {
+        "root": str(ds.root),
+        "layout": ds.layout,
+        "num_images": len(ds.files),
+        "channels": int(ds.channels),
+        "classes": {c: labels.count(i) for i, c in enumerate(ds.classes)},
+        "dataset_hash": ds.dataset_hash,
+        "split_hash": split.split_hash,
+        "split": {
+            "source": split.source,
+            "seed": split.seed,
+            "val_fraction": split.val_fraction,
+            "test_fraction": split.test_fraction,
+            "limit_per_class": split.limit_per_class,
+            "train_images": len(split.train),
+            "val_images": len(split.val),
+            "test_images": len(split.test),
+        },
+        "mean": [float(v) for v in split.mean],
+        "std": [float(v) for v in split.std],
+        "normalisation": "mean/std of the training split",
+        "duplicates": ds.duplicates,
+        "excluded": [{"file": p.file, "problem": p.problem} for p in ds.excluded],
+        "manifest": "split.json",
+    }
+
+
+def recipe_fingerprint(recipe: Recipe, ds, split) -> str:
+    blob = json.dumps([to_dict(recipe), ds.dataset_hash, split.split_hash], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def failed_row(name: str, seed: int, error: BaseException, weights: str) -> dict:
+    return {
+        "model": name,
+        "seed": seed,
+        "status": "failed",
+        "error": f"{type(error).__name__}: {error}",
+        "weights": weights,
+        "val_accuracy": None,
+        "macro_f1": None,
+        "train_seconds": None,
+    }
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
+    """The whole `bench run`. Returns (results, exit code)."""
+    from bench import speed
+    from neu.split import save_manifest
+
+    names = resolve_models(opts.models)  # unknown names fail here, before any work
+    seeds = opts.seed_list
+    device = pick_device(opts.device)
+    configure_torch(opts, device)
+
+    ds, split = load_data(recipe, opts)
+    name = opts.name or default_name(recipe, opts, names)
+    out = Path(opts.out or Path("runs") / name)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = recipe_fingerprint(recipe, ds, split)
+    previous = out / "results.json"
+    if previous.exists():
+        old = json.loads(previous.read_text())
+        if old.get("recipe_hash") != fingerprint:
+            raise ConfigError(
+                f"--out {out} holds a run with another recipe or dataset "
+                f"({old.get('recipe_hash')} != {fingerprint}); pick a new --out/--name "
+                "or delete that folder"
+            )
+    save_manifest(split, ds, out / "split.json")
+
+    # Weights are settled for every model before the first epoch: a missing file fails now.
+    weights = {n: resolve_weights(n, recipe.weights) for n in names}
+    for n, w in weights.items():
+        if recipe.weights == "auto" and w == "none":
+            reporter.warn(
+                f"{n}: ImageNet weights cannot be obtained here; training FROM SCRATCH "
+                "(lr 1e-3). Put the torchvision weights file in $TORCH_HOME/hub/checkpoints "
+                "to fine-tune instead."
+            )
+    model_info = {}
+    for n in names:
+        try:
+            m = build_model(n, num_classes=len(ds.classes))
+            model_info[n] = {
+                "params_m": speed.count_params(m) / 1e6,
+                "gflops": speed.count_gflops(m, recipe.image_size),
+            }
+        except Exception as e:  # recorded in the model's row when its training fails too
+            model_info[n] = {"params_m": None, "gflops": None, "error": f"{e}"}
+    if device.type == "cpu":
+        reporter.warn(
+            "no CUDA device: training on CPU. A full --models all run at 200 px takes hours "
+            "here; --quick gives a first look in minutes. An estimate follows after the "
+            "first batches."
+        )
+
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "quick": opts.quick,
+        "created": _now(),
+        "recipe": to_dict(recipe),
+        "run": to_dict(opts),
+        "recipe_hash": fingerprint,
+        "environment": {**speed.environment(), "device": _device_name(device)},
+        "dataset": dataset_record(ds, split),
+        "weights": weights,
+        "models": model_info,
+        "rows": [],
+        "speed": [],
+        "exports": [],
+    }
+    if previous.exists():  # keep what a previous attempt measured
+        results["created"] = old.get("created", results["created"])
+
+    ctx = Context(
+        ds,
+        split,
+        recipe,
+        device,
+        deterministic=opts.deterministic,
+        speed_min_seconds=opts.speed_min_seconds,
+        speed_min_iters=opts.speed_min_iters,
+    )
+    reporter.estimate = _estimator(model_info, names, seeds)
+    reporter.start_sweep(len(names) * len(seeds))
+    for n in names:
+        for seed in seeds:
+            folder = out / n / f"seed{seed}"
+            try:
+                row = train_one(
+                    n,
+                    seed,
+                    ctx,
+                    folder,
+                    weights=weights[n],
+                    reporter=reporter,
+                    recipe_hash=fingerprint,
+                )
+                row.update(model_info[n])
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # one model's failure must not stop the sweep
+                row = failed_row(n, seed, e, weights[n])
+                (folder / "error.txt").parent.mkdir(parents=True, exist_ok=True)
+                from neu._io import atomic_write_text
+
+                atomic_write_text(folder / "error.txt", traceback.format_exc())
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            results["rows"].append(row)
+            reporter.end_model(row)
+            report.write_outputs(out, results)
+
+    if opts.speed:
+        from bench.measure import measure_torch
+
+        results["speed"] = measure_torch(results, out, ctx, opts, reporter)
+        report.write_outputs(out, results)
+    from bench.measure import export_and_verify
+
+    export_and_verify(results, out, ctx, opts, reporter)
+    results["updated"] = _now()
+    failed = [r for r in results["rows"] if r["status"] != "ok"]
+    parity_failed = [e for e in results["exports"] if not e.get("parity_passed")]
+    results["status"] = "ok" if not failed and not parity_failed else "failed"
+    report.write_outputs(out, results, final=True)
+    return results, 1 if failed or parity_failed else 0
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from bench.speed import environment
+
+    return environment().get("cpu") or "cpu"
+
+
+def _estimator(model_info: dict, names: list[str], seeds: list[int]):
+    """After a model's first batches: its time, and the sweep's, scaled by GFLOPs."""
+
+    def estimate(name, seconds_per_batch, batches, epochs):
+        this = seconds_per_batch * batches * epochs
+        flops = {n: model_info[n]["gflops"] for n in names if model_info[n]["gflops"]}
+        if name not in flops:
+            return f"estimate: {name} ~{this / 60:.1f} min per seed"
+        per_gflop = this / flops[name]
+        total = sum(per_gflop * f for f in flops.values()) * len(seeds)
+        return (
+            f"estimate: {name} ~{this / 60:.1f} min per seed; whole sweep "
+            f"~{total / 60:.0f} min (scaled by GFLOPs, training only)"
+        )
+
+    return estimate

@@ -1,0 +1,393 @@
+"""Train and evaluate one (model, seed) with the recipe. Read top to bottom.
+
+Resumable by construction: every epoch ends with an atomic `last.pt` (model, optimizer,
+scheduler, history, best so far), and every epoch re-seeds its own RNGs from (seed, epoch),
+so an epoch replayed after a crash draws the same crops, flips and order as it would have.
+`metrics.json` is written last: its presence means "done, never retrain".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench import metrics as M
+from bench.config import Recipe
+from bench.registry import build_model, head_parameter_names
+from neu._io import atomic_path, atomic_write_json, atomic_write_text
+from neu.augment import eval_batch, train_batch
+
+HISTORY_FIELDS = [
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "head_lr",
+    "train_seconds",
+    "epoch_seconds",
+    "train_img_s",
+]
+
+
+@dataclass
+class Context:
+    """Everything shared by all models of a run: data on the device, split, recipe."""
+
+    dataset: object  # neu.dataset.Dataset
+    split: object  # neu.split.Split
+    recipe: Recipe
+    device: torch.device
+    deterministic: bool = False
+    speed_min_seconds: float = 1.0
+    speed_min_iters: int = 20
+
+    def __post_init__(self):
+        self.images = self.dataset.images.to(self.device)
+        self.labels = torch.as_tensor(np.asarray(self.dataset.labels), device=self.device)
+        self.train_idx = torch.as_tensor(np.asarray(self.split.train), device=self.device)
+        self.val_idx = torch.as_tensor(np.asarray(self.split.val), device=self.device)
+        self.test_idx = torch.as_tensor(np.asarray(self.split.test), device=self.device)
+        self.classes = list(self.dataset.classes)
+        self.amp_dtype = None
+        if self.device.type == "cuda" and self.recipe.amp:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def eval_inputs(self, idx: torch.Tensor) -> torch.Tensor:
+        r = self.recipe
+        x = eval_batch(
+            self.images.index_select(0, idx),
+            image_size=r.image_size,
+            mean=self.split.mean,
+            std=self.split.std,
+        )
+        return x.contiguous(memory_format=torch.channels_last) if r.channels_last else x
+
+
+def _derive_seed(*parts) -> int:
+    # Stable across processes and machines (unlike hash()).
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def param_groups(model: nn.Module, lr: float, head_lr: float) -> list[dict]:
+    head = head_parameter_names(model)
+    named = list(model.named_parameters())
+    return [
+        {"name": "backbone", "params": [p for n, p in named if n not in head], "lr": lr},
+        {"name": "head", "params": [p for n, p in named if n in head], "lr": head_lr},
+    ]
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe, weights_used: str):
+    lr, head_lr = recipe.effective_lr(weights_used)
+    opt = torch.optim.Adam(param_groups(model, lr, head_lr), weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=recipe.lr_gamma)
+    return opt, sched
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, ctx: Context, idx: torch.Tensor) -> tuple[float, np.ndarray]:
+    """(mean cross-entropy, logits as float32 numpy (N, classes)) on the given images."""
+    model.eval()
+    losses, outputs = [], []
+    for start in range(0, len(idx), ctx.recipe.eval_batch_size):
+        b = idx[start : start + ctx.recipe.eval_batch_size]
+        with ctx.autocast():
+            logits = model(ctx.eval_inputs(b)).float()
+        losses.append(nn.functional.cross_entropy(logits, ctx.labels[b], reduction="sum"))
+        outputs.append(logits.cpu())
+    n = max(len(idx), 1)
+    return float(torch.stack(losses).sum()) / n, torch.cat(outputs).numpy()
+
+
+def _save_torch(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def train_one(
+    name: str,
+    seed: int,
+    ctx: Context,
+    folder: Path,
+    *,
+    weights: str,
+    reporter=None,
+    recipe_hash: str = "",
+) -> dict:
+    """Train `name` with `seed` into `folder`; return its result row (status 'ok').
+
+    Exceptions propagate: the sweep records them in the row and carries on.
+    """
+    from bench.ui import NullReporter
+
+    reporter = reporter or NullReporter()
+    r = ctx.recipe
+    folder.mkdir(parents=True, exist_ok=True)
+    done, last_path, best_path = folder / "metrics.json", folder / "last.pt", folder / "best.pt"
+    if done.exists():
+        row = json.loads(done.read_text())["row"]
+        reporter.log(f"{name} seed {seed}: finished earlier, not retrained ({done})")
+        return row
+
+    torch.manual_seed(_derive_seed(seed, "init"))
+    model = build_model(name, num_classes=len(ctx.classes), weights=weights)
+    model = model.to(ctx.device)
+    if r.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt, sched = make_optimizer(model, r, weights)
+    scaler = torch.amp.GradScaler("cuda", enabled=ctx.amp_dtype == torch.float16)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
+
+    history: list[dict] = []
+    best = {"val_accuracy": -1.0, "val_loss": float("inf"), "epoch": -1}
+    start_epoch = 0
+    if last_path.exists():
+        state = torch.load(last_path, map_location=ctx.device, weights_only=True)
+        if state.get("recipe_hash") != recipe_hash:
+            raise RuntimeError(
+                f"{last_path} was written by a different recipe or split; delete it or use "
+                "another --out to start this model afresh"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"]
+        reporter.log(f"{name} seed {seed}: resuming after epoch {start_epoch} ({last_path})")
+
+    n_train = len(ctx.train_idx)
+    # A last batch of one sample breaks BatchNorm in training mode: drop only that case.
+    n_batches = n_train // r.batch_size + (1 if n_train % r.batch_size > 1 else 0)
+    reporter.start_model(name, seed, epochs=r.epochs, batches=n_batches, done_epochs=start_epoch)
+
+    for epoch in range(start_epoch, r.epochs):
+        epoch_seed = _derive_seed(seed, "epoch", epoch)
+        torch.manual_seed(epoch_seed)  # dropout (VGG) and anything else on the global RNG
+        gen = torch.Generator().manual_seed(epoch_seed)
+        order = ctx.train_idx[torch.randperm(n_train, generator=gen).to(ctx.device)]
+        model.train()
+        ctx.sync()
+        t0 = time.perf_counter()
+        loss_sum, seen = torch.zeros((), device=ctx.device), 0
+        for b in range(n_batches):
+            idx = order[b * r.batch_size : (b + 1) * r.batch_size]
+            x = train_batch(
+                ctx.images.index_select(0, idx),
+                image_size=r.image_size,
+                mean=ctx.split.mean,
+                std=ctx.split.std,
+                generator=gen,
+                scale=(r.crop_scale_min, 1.0),
+                hflip=r.hflip,
+            )
+            if r.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = ctx.labels.index_select(0, idx)
+            with ctx.autocast():
+                loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += loss.detach() * len(idx)
+            seen += len(idx)
+            reporter.batch(b + 1, elapsed=time.perf_counter() - t0)
+        ctx.sync()
+        train_seconds = time.perf_counter() - t0
+        lrs = [g["lr"] for g in opt.param_groups]
+        sched.step()  # once per epoch: the tutorial's per-batch stepping decayed lr 45x too fast
+        val_loss, logits = evaluate(model, ctx, ctx.val_idx)
+        val_acc = float((logits.argmax(1) == ctx.labels[ctx.val_idx].cpu().numpy()).mean())
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": float(loss_sum) / max(seen, 1),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": lrs[0],
+            "head_lr": lrs[1],
+            "train_seconds": train_seconds,
+            "epoch_seconds": time.perf_counter() - t0,
+            "train_img_s": seen / train_seconds,
+        }
+        history.append(record)
+        if val_acc > best["val_accuracy"] or (
+            val_acc == best["val_accuracy"] and val_loss < best["val_loss"]
+        ):
+            best = {"val_accuracy": val_acc, "val_loss": val_loss, "epoch": epoch + 1}
+            _save_torch(_checkpoint(name, seed, model, ctx, weights, best), best_path)
+        _save_torch(
+            {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(),
+                "history": history,
+                "best": best,
+                "recipe_hash": recipe_hash,
+            },
+            last_path,
+        )
+        _write_history(folder / "history.csv", history)
+        reporter.epoch_end(record)
+
+    row, details = _final_metrics(name, seed, ctx, folder, model, opt, loss_fn, history, weights)
+    atomic_write_json(done, {"row": row, **details})
+    last_path.unlink(missing_ok=True)  # done: best.pt and metrics.json are what remain
+    return row
+
+
+def _checkpoint(name, seed, model, ctx: Context, weights, best) -> dict:
+    s = ctx.split
+    return {
+        "format": 1,
+        "model": name,
+        "classes": ctx.classes,
+        "num_classes": len(ctx.classes),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "image_size": ctx.recipe.image_size,
+        "channels": int(ctx.dataset.channels),
+        "mean": [float(v) for v in s.mean],
+        "std": [float(v) for v in s.std],
+        "val_accuracy": best["val_accuracy"],
+        "dataset_hash": ctx.dataset.dataset_hash,
+        "split_hash": s.split_hash,
+        "split": {
+            "seed": s.seed,
+            "val_fraction": s.val_fraction,
+            "test_fraction": s.test_fraction,
+            "limit_per_class": s.limit_per_class,
+        },
+        "weights": weights,
+        "seed": seed,
+        "epoch": best["epoch"],
+    }
+
+
+def _steady_train_img_s(history: list[dict]) -> tuple[float, bool]:
+    """Training img/s over the timed epochs, first excluded (warm-up, allocator, caches)."""
+    timed = history[1:] or history
+    seconds = sum(h["train_seconds"] for h in timed)
+    images = sum(h["train_img_s"] * h["train_seconds"] for h in timed)
+    return images / seconds, len(history) < 2
+
+
+def _final_metrics(name, seed, ctx: Context, folder, model, opt, loss_fn, history, weights):
+    from bench import speed
+
+    state = torch.load(folder / "best.pt", map_location=ctx.device, weights_only=True)
+    model.load_state_dict(state["state_dict"])
+    labels = ctx.labels[ctx.val_idx].cpu().numpy()
+    val_loss, logits = evaluate(model, ctx, ctx.val_idx)
+    preds = logits.argmax(1)
+    cm = M.confusion_matrix(labels, preds, len(ctx.classes))
+    report = M.classification_report(cm, ctx.classes)
+    correct = int((preds == labels).sum())
+    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    files = [ctx.dataset.files[i] for i in ctx.val_idx.cpu().numpy()]
+    misclassified = [
+        {
+            "file": files[i],
+            "true": ctx.classes[labels[i]],
+            "predicted": ctx.classes[preds[i]],
+            "confidence": float(probs[i, preds[i]]),
+        }
+        for i in np.flatnonzero(preds != labels)
+    ]
+
+    # Pipeline efficiency: pure compute (forward+backward+step on a batch already in memory)
+    # vs the real epochs. Below ~0.9 the data path, not the model, sets the pace.
+    r = ctx.recipe
+    gen = torch.Generator().manual_seed(_derive_seed(seed, "compute"))
+    idx = ctx.train_idx[: r.batch_size]
+    x = train_batch(
+        ctx.images.index_select(0, idx),
+        image_size=r.image_size,
+        mean=ctx.split.mean,
+        std=ctx.split.std,
+        generator=gen,
+    )
+    if r.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.train()
+    with ctx.autocast():
+        compute_img_s = speed.training_compute_throughput(
+            model,
+            opt,
+            loss_fn,
+            x,
+            ctx.labels.index_select(0, idx),
+            sync=ctx.sync,
+            min_seconds=ctx.speed_min_seconds,
+            min_iters=max(3, min(ctx.speed_min_iters, 10)),
+        )
+    model.eval()
+    train_img_s, includes_first = _steady_train_img_s(history)
+    lo, hi = M.clopper_pearson(correct, len(labels))
+    lr, head_lr = r.effective_lr(weights)
+    row = {
+        "model": name,
+        "seed": seed,
+        "status": "ok",
+        "error": None,
+        "weights": weights,
+        "lr": lr,
+        "head_lr": head_lr,
+        "epochs": len(history),
+        "best_epoch": state["epoch"],
+        "val_accuracy": report["accuracy"],
+        "val_correct": correct,
+        "val_images": len(labels),
+        "val_accuracy_ci95_low": lo,
+        "val_accuracy_ci95_high": hi,
+        "macro_f1": report["macro_f1"],
+        "val_loss": val_loss,
+        "train_seconds": sum(h["epoch_seconds"] for h in history),
+        "train_img_s": train_img_s,
+        "train_img_s_includes_first_epoch": includes_first,
+        "compute_img_s": compute_img_s,
+        "pipeline_efficiency": speed.pipeline_efficiency(train_img_s, compute_img_s),
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "checkpoint": str(Path(name) / f"seed{seed}" / "best.pt"),
+    }
+    if len(ctx.test_idx):
+        test_labels = ctx.labels[ctx.test_idx].cpu().numpy()
+        _, test_logits = evaluate(model, ctx, ctx.test_idx)
+        row["test_accuracy"] = float((test_logits.argmax(1) == test_labels).mean())
+    details = {
+        "confusion_matrix": cm.tolist(),
+        "classes": ctx.classes,
+        "per_class": report["per_class"],
+        "misclassified": misclassified,
+        "history": history,
+    }
+    return row, details

@@ -1,0 +1,151 @@
+"""Terminal output: rich live progress on a terminal, plain line logs everywhere else (CI, pipes).
+
+The training loop only calls the Reporter methods; it never prints.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+
+
+class NullReporter:
+    def log(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def start_sweep(self, total_jobs: int) -> None: ...
+    def start_model(self, name, seed, *, epochs, batches, done_epochs=0) -> None: ...
+    def batch(self, i: int, *, elapsed: float) -> None: ...
+    def epoch_end(self, record: dict) -> None: ...
+    def end_model(self, row: dict) -> None: ...
+    def close(self) -> None: ...
+
+
+def _fmt_minutes(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class PlainReporter(NullReporter):
+    """One line per event; safe for logs and CI."""
+
+    def __init__(self, console: Console | None = None, estimate=None):
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.estimate = estimate  # callable(seconds_per_batch, batches, epochs) -> str | None
+        self._model = None
+
+    def log(self, message):
+        self.console.print(message, markup=False)
+
+    def warn(self, message):
+        self.console.print(f"WARNING: {message}", style="bold yellow", markup=False)
+
+    def start_model(self, name, seed, *, epochs, batches, done_epochs=0):
+        self._model = (name, seed, epochs, batches)
+        self._estimated = False
+        self.log(f"[{name} seed {seed}] training {epochs} epochs x {batches} batches")
+
+    def batch(self, i, *, elapsed):
+        if self.estimate and not self._estimated and i == 5:
+            self._estimated = True
+            name, seed, epochs, batches = self._model
+            text = self.estimate(name, elapsed / i, batches, epochs)
+            if text:
+                self.log(text)
+
+    def epoch_end(self, r):
+        name, seed, epochs, _ = self._model
+        self.log(
+            f"[{name} seed {seed}] epoch {r['epoch']}/{epochs} train_loss {r['train_loss']:.4f} "
+            f"val_loss {r['val_loss']:.4f} val_acc {r['val_accuracy']:.4f} lr {r['lr']:.2e} "
+            f"{r['epoch_seconds']:.1f}s ({r['train_img_s']:.1f} img/s)"
+        )
+
+    def end_model(self, row):
+        if row["status"] == "ok":
+            self.log(
+                f"[{row['model']} seed {row['seed']}] done: val_accuracy {row['val_accuracy']:.4f} "
+                f"macro_f1 {row['macro_f1']:.4f} in {_fmt_minutes(row['train_seconds'])}"
+            )
+        else:
+            self.warn(f"[{row['model']} seed {row['seed']}] FAILED: {row['error']}")
+
+
+class RichReporter(PlainReporter):
+    """Live bars with ETA: one for the sweep, one for the current model's epochs and batches."""
+
+    def __init__(self, console: Console | None = None, estimate=None):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        super().__init__(console, estimate)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.progress.start()
+        self.sweep = self.epochs = self.batches = None
+
+    def log(self, message):
+        self.progress.console.print(message, markup=False)
+
+    def start_sweep(self, total_jobs):
+        self.sweep = self.progress.add_task("sweep (model x seed)", total=total_jobs)
+
+    def start_model(self, name, seed, *, epochs, batches, done_epochs=0):
+        self._model = (name, seed, epochs, batches)
+        self._estimated = False
+        for task in (self.epochs, self.batches):
+            if task is not None:
+                self.progress.remove_task(task)
+        self.epochs = self.progress.add_task(
+            f"{name} seed {seed} epochs", total=epochs, completed=done_epochs
+        )
+        self.batches = self.progress.add_task("  batches", total=batches)
+
+    def batch(self, i, *, elapsed):
+        super().batch(i, elapsed=elapsed)
+        self.progress.update(self.batches, completed=i)
+
+    def epoch_end(self, r):
+        super().epoch_end(r)
+        self.progress.advance(self.epochs)
+        self.progress.reset(self.batches)
+
+    def end_model(self, row):
+        super().end_model(row)
+        if self.sweep is not None:
+            self.progress.advance(self.sweep)
+
+    def close(self):
+        self.progress.stop()
+
+
+def make_reporter(estimate=None) -> PlainReporter:
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    if console.is_terminal and not console.is_dumb_terminal:
+        return RichReporter(console, estimate)
+    return PlainReporter(console, estimate)
+
+
+class Stopwatch:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.t0

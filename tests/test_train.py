@@ -1,0 +1,202 @@
+"""The harness end to end on a miniature NEU set: outputs, recipe, resume, failure isolation."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import bench.run as bench_run
+from bench.config import Recipe, RunOptions
+from bench.registry import build_model
+from bench.train import make_optimizer
+from bench.ui import NullReporter
+from tests.conftest import make_neu_flat
+
+MODEL = "shufflenet_v2_x0_5"  # any torchvision classifier works; this one is tiny
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_recipe(**kw):
+    base = dict(epochs=3, batch_size=8, image_size=32, eval_batch_size=16, weights="none")
+    return Recipe(**{**base, **kw})
+
+
+def tiny_opts(data, out, **kw):
+    base = dict(
+        models=MODEL,
+        data=str(data),
+        out=str(out),
+        deterministic=True,
+        speed=False,
+        export="none",
+        speed_min_seconds=0.0,
+        speed_min_iters=2,
+    )
+    return RunOptions(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_neu_flat(tmp_path_factory.mktemp("d") / "NEU-CLS", per_class=10, size=(40, 40))
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    results, code = bench_run.run(tiny_recipe(), tiny_opts(data, out), NullReporter())
+    return out, results, code
+
+
+def test_run_writes_every_output(finished):
+    out, results, code = finished
+    assert code == 0
+    for name in ("results.json", "results.csv", "report.md", "split.json"):
+        assert (out / name).is_file(), name
+    seed_dir = out / MODEL / "seed0"
+    for name in ("best.pt", "history.csv", "metrics.json"):
+        assert (seed_dir / name).is_file(), name
+    assert not (seed_dir / "last.pt").exists()  # removed once the model is finished
+    on_disk = json.loads((out / "results.json").read_text())
+    (row,) = on_disk["rows"]
+    for key in ("model", "seed", "status", "error", "val_accuracy", "macro_f1", "train_seconds"):
+        assert key in row
+    assert row["status"] == "ok" and row["error"] is None and row["weights"] == "none"
+    assert 0 <= row["val_accuracy"] <= 1
+    assert on_disk["recipe"]["image_size"] == 32
+    assert on_disk["dataset"]["dataset_hash"] and on_disk["environment"]["torch"]
+    metrics = json.loads((seed_dir / "metrics.json").read_text())
+    cm = metrics["confusion_matrix"]
+    assert len(cm) == 6 and sum(map(sum, cm)) == row["val_images"]
+    assert len(metrics["misclassified"]) == row["val_images"] - row["val_correct"]
+    with open(out / "results.csv") as f:
+        assert next(csv.DictReader(f))["model"] == MODEL
+    report = (out / "report.md").read_text()
+    assert "Confusion matrix" in report and "Clopper-Pearson" in report
+
+
+def test_scheduler_steps_once_per_epoch(finished):
+    out, _, _ = finished
+    with open(out / MODEL / "seed0" / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    lrs = [float(h["lr"]) for h in history]
+    assert lrs == pytest.approx([1e-3, 1e-3 * 0.9, 1e-3 * 0.81])
+
+
+def test_param_groups_and_head_lr():
+    model = build_model("resnet18", num_classes=6)
+    opt, sched = make_optimizer(model, Recipe(), "imagenet")
+    backbone, head = opt.param_groups
+    assert (backbone["lr"], head["lr"]) == pytest.approx((1e-4, 1e-3))
+    assert {id(p) for p in head["params"]} == {id(model.fc.weight), id(model.fc.bias)}
+    n_params = len(list(model.parameters()))
+    assert len(backbone["params"]) + len(head["params"]) == n_params
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[1]["lr"] == pytest.approx(1e-3 * 0.81)
+
+
+def test_finished_model_is_never_retrained(finished, data, monkeypatch):
+    out, results, _ = finished
+
+    def boom(*a, **k):
+        raise AssertionError("retrained a finished model")
+
+    monkeypatch.setattr("bench.train.build_model", boom)
+    again, code = bench_run.run(tiny_recipe(), tiny_opts(data, out), NullReporter())
+    assert code == 0
+    assert again["rows"][0]["val_accuracy"] == results["rows"][0]["val_accuracy"]
+
+
+def test_other_recipe_in_same_folder_is_refused(finished, data):
+    out, _, _ = finished
+    with pytest.raises(ValueError, match="another recipe"):
+        bench_run.run(tiny_recipe(epochs=4), tiny_opts(data, out), NullReporter())
+
+
+def test_one_failure_is_recorded_and_the_sweep_continues(data, tmp_path, monkeypatch):
+    real = bench_run.train_one
+
+    def flaky(name, *a, **k):
+        if name == "resnet18":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(bench_run, "train_one", flaky)
+    opts = tiny_opts(data, tmp_path, models=f"resnet18,{MODEL}")
+    results, code = bench_run.run(tiny_recipe(epochs=1), opts, NullReporter())
+    assert code == 1
+    failed, ok = results["rows"]
+    assert failed["status"] == "failed" and "out of memory" in failed["error"]
+    assert ok["status"] == "ok"
+    assert (tmp_path / "resnet18" / "seed0" / "error.txt").is_file()
+    assert "failed" in (tmp_path / "report.md").read_text()
+
+
+class StopAfter(NullReporter):
+    def __init__(self, epochs):
+        self.left = epochs
+
+    def epoch_end(self, record):
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+def _metrics(results):
+    keep = ("val_accuracy", "macro_f1", "val_loss", "best_epoch")
+    return [{k: r[k] for k in keep} for r in results["rows"]]
+
+
+def test_interrupted_run_resumes_to_identical_results(data, finished, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        bench_run.run(tiny_recipe(), tiny_opts(data, tmp_path), StopAfter(2))
+    assert (tmp_path / MODEL / "seed0" / "last.pt").is_file()
+    assert not list(tmp_path.rglob("*.tmp"))  # Ctrl-C leaves no half-written file
+    resumed, code = bench_run.run(tiny_recipe(), tiny_opts(data, tmp_path), NullReporter())
+    assert code == 0
+    _, uninterrupted, _ = finished
+    assert _metrics(resumed) == _metrics(uninterrupted)
+    with open(tmp_path / MODEL / "seed0" / "history.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3
+
+
+def _cli(data, out, epochs):
+    return [
+        sys.executable, "-m", "bench", "run", "--models", MODEL, "--data", str(data),
+        "--out", str(out), "--epochs", str(epochs), "--image-size", "32", "--batch-size", "4",
+        "--weights", "none", "--deterministic", "--no-speed", "--export", "none",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rerun_matches_uninterrupted(data, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    clean = subprocess.run(_cli(data, tmp_path / "a", 4), env=env, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    proc = subprocess.Popen(_cli(data, tmp_path / "b", 4), env=env, stdout=subprocess.DEVNULL)
+    last = tmp_path / "b" / MODEL / "seed0" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.exists(), "the run finished before it could be killed"
+    again = subprocess.run(_cli(data, tmp_path / "b", 4), env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming after epoch" in again.stdout
+    a = json.loads((tmp_path / "a" / "results.json").read_text())
+    b = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert _metrics(a) == _metrics(b)
+    assert torch.equal(
+        torch.load(tmp_path / "a" / MODEL / "seed0" / "best.pt")["state_dict"]["fc.weight"],
+        torch.load(tmp_path / "b" / MODEL / "seed0" / "best.pt")["state_dict"]["fc.weight"],
+    )
