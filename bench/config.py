@@ -116,7 +116,13 @@ class Recipe:
         return lr, lr * mult
 
 
-QUICK_PRESET = {"limit_per_class": 20, "image_size": 64, "epochs": 2, "eval_batch_size": 64}
+QUICK_PRESET = {
+    "limit_per_class": 20,
+    "image_size": 64,
+    "epochs": 2,
+    "speed_min_seconds": 0.5,
+    "speed_min_iters": 10,
+}
 """--quick: a first look on a CPU in a few minutes; every output is labelled as quick."""
 
 
