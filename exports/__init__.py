@@ -1,0 +1,10 @@
+"""exports: the trained classifier as one self-contained ONNX file, and everything around it.
+
+- `exports.export`  (torch) : build_metadata, export_onnx -> model.onnx with "neu_bench.*" metadata
+- `exports.parity`  (torch) : check_parity / assert_parity, ONNX Runtime vs PyTorch on every image
+- `exports.runtime` (NO torch): create_session, Classifier, collect_images - what a deployment runs
+- `python -m exports predict|verify`
+
+Importing this package is cheap, torch-free and has no side effects: a deployment that only
+has onnxruntime + numpy + pillow imports `exports.runtime` through it.
+"""

@@ -1,0 +1,109 @@
+"""python -m exports predict|verify - parse the command line and dispatch, nothing else.
+
+  predict MODEL.onnx IMAGE_OR_DIR ... [--json] [--batch-size N] [--provider cpu|cuda|tensorrt]
+      exit 0: every image classified, 1: some image failed, 2: unusable model file / provider
+  verify MODEL.onnx --data PATH [--manifest M.json] [--checkpoint best.pt] [--json]
+      exit 0: accuracy (and parity) reproduced, 1: not reproduced, 2: unusable model / data
+
+`predict` never imports torch (it runs where only onnxruntime is installed); `verify` loads
+the dataset with neu (torch) and imports the parity check only for --checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from exports.runtime import (
+    PROVIDERS,
+    Classifier,
+    ModelFormatError,
+    ProviderUnavailableError,
+    collect_images,
+)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m exports", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="classify image files / folders with an exported model")
+    p.add_argument("model", help="the model.onnx written by `bench run`")
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument("--provider", choices=list(PROVIDERS), default="cpu")
+    p.add_argument("--threads", type=_positive, default=None, help="ORT intra-op threads")
+
+    v = sub.add_parser(
+        "verify", help="re-check an exported model's accuracy on its validation split"
+    )
+    v.add_argument("model", help="the model.onnx written by `bench run`")
+    v.add_argument("--data", required=True, help="the dataset folder the model was trained on")
+    v.add_argument("--manifest", help="split manifest JSON (default: re-derive from metadata)")
+    v.add_argument("--checkpoint", help="best.pt: also run the full torch-vs-ONNX parity check")
+    v.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
+    v.add_argument("--exclude-bad", action="store_true", help="skip unreadable images")
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.add_argument("--batch-size", type=_positive, default=32)
+    v.add_argument("--provider", choices=list(PROVIDERS), default="cpu")
+    v.add_argument("--threads", type=_positive, default=None, help="ORT intra-op threads")
+
+    args = parser.parse_args(argv)
+    try:
+        clf = Classifier(args.model, provider=args.provider, threads=args.threads)
+    except (ModelFormatError, ProviderUnavailableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "predict":
+        return predict(clf, args)
+    from exports.verify import verify
+
+    return verify(clf, args)
+
+
+def predict(clf: Classifier, args) -> int:
+    images, skipped = collect_images(args.images)
+    if skipped:
+        names = ", ".join(str(s) for s in skipped[:5])
+        more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+        print(f"skipped {len(skipped)} non-image files in folders: {names}{more}", file=sys.stderr)
+    if not images:
+        print(f"error: no images found in {' '.join(args.images)}", file=sys.stderr)
+        return 1
+    results = clf.iter_predict_files(images, batch_size=args.batch_size)
+    failed = 0
+    if args.json:
+        for r in results:
+            failed += "error" in r
+            print(json.dumps(r), flush=True)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{clf.info.model} ({clf.path.name}, {clf.provider})")
+        table.add_column("file", overflow="fold")  # wrap long paths instead of cutting them
+        table.add_column("class", overflow="fold")
+        table.add_column("confidence", justify="right", no_wrap=True)
+        for r in results:
+            if "error" in r:
+                failed += 1
+                table.add_row(r["file"], f"[red]error: {r['error']}[/red]", "")
+            else:
+                table.add_row(r["file"], r["class"], f"{r['confidence']:.4f}")
+        Console().print(table)
+    if failed:
+        print(f"{failed} of {len(images)} images could not be classified", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

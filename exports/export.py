@@ -1,0 +1,259 @@
+"""A trained PyTorch classifier -> ONE self-contained .onnx file that describes itself.
+
+The file holds the weights inline (no .onnx.data beside it: one file to copy to the line
+PC) and the "neu_bench.*" metadata a deployment needs to preprocess an image exactly as in
+training (exports/runtime.py reads it). Input "input" float32 (batch, 3, S, S) with a
+dynamic batch axis, output "logits" (batch, num_classes).
+
+Two exporters, same contract:
+- "dynamo" (default): torch.onnx.export(dynamo=True), torch.export-based, torch's default
+  since 2.9 and the one that keeps being maintained. A few seconds per model.
+- "torchscript": the legacy tracer (deprecated upstream), ~5x faster; kept as a fallback
+  for an architecture the dynamo exporter cannot capture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as _dt
+import io
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from exports.runtime import (
+    FORMAT_VERSION,
+    INPUT_LAYOUT,
+    INPUT_NAME,
+    INPUT_RANGE,
+    METADATA_PREFIX,
+    OUTPUT_NAME,
+    parse_metadata,
+)
+from neu._io import atomic_path
+from neu.image import RESIZE_METHOD
+
+EXPORTERS = ("dynamo", "torchscript")
+DEFAULT_EXPORTER = "dynamo"
+
+# A protobuf message cannot exceed 2 GiB, so a self-contained .onnx cannot either; keep
+# headroom for the graph itself (names, attributes, metadata).
+MAX_INLINE_BYTES = 2**31 - 64 * 2**20
+
+
+class ExportError(RuntimeError):
+    """torch.onnx.export failed or produced a graph that breaks the neu-bench contract."""
+
+
+def build_metadata(
+    *,
+    model_name: str,
+    classes,
+    image_size: int,
+    channels: int,
+    mean,
+    std,
+    val_accuracy: float | None,
+    dataset_hash: str,
+    split_hash: str,
+    split: dict,
+    weights: str,
+) -> dict[str, str]:
+    """The "neu_bench.*" metadata_props of an exported model (all values are strings).
+
+    Structured values are JSON. Adds the torch/torchvision versions and the export time
+    (ISO 8601 UTC). Validated with the same parser the runtime uses, so a file exported with
+    this metadata is always readable by exports.runtime.Classifier.
+    """
+    try:
+        import torchvision
+
+        torchvision_version = torchvision.__version__
+    except ImportError:  # exporting a non-torchvision model without torchvision installed
+        torchvision_version = "not installed"
+    classes = [str(c) for c in classes]
+    values = {
+        "format_version": FORMAT_VERSION,
+        "model": str(model_name),
+        "classes": json.dumps(classes),
+        "num_classes": str(len(classes)),
+        "image_size": str(int(image_size)),
+        "channels": str(int(channels)),
+        "mean": json.dumps([float(v) for v in mean]),
+        "std": json.dumps([float(v) for v in std]),
+        "input_layout": INPUT_LAYOUT,
+        "input_range": INPUT_RANGE,
+        "resize": RESIZE_METHOD,
+        "val_accuracy": json.dumps(None if val_accuracy is None else float(val_accuracy)),
+        "dataset_hash": str(dataset_hash),
+        "split_hash": str(split_hash),
+        "split": json.dumps(dict(split), sort_keys=True),
+        "weights": str(weights),
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision_version,
+        "export_date": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+    }
+    metadata = {METADATA_PREFIX + k: v for k, v in values.items()}
+    parse_metadata(metadata, source=f"metadata for {model_name}")  # raises ModelFormatError
+    return metadata
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    path: str | Path,
+    *,
+    metadata: dict[str, str],
+    image_size: int,
+    exporter: str = DEFAULT_EXPORTER,
+    opset: int | None = None,
+) -> Path:
+    """Export `model` (CPU, float32, eval mode) to the single self-contained ONNX file `path`.
+
+    The file is written atomically (temp file + rename): a failed or interrupted export never
+    leaves a truncated .onnx behind, and an older file at `path` stays intact. The model is
+    not modified: it is copied first if it lives on a GPU or in another dtype, and its
+    train/eval mode is restored afterwards. `opset` None = the exporter's default.
+    Raises ExportError (export failed, graph checks failed, or > 2 GB of weights).
+    """
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")
+    path = Path(path)
+    info = parse_metadata(metadata, source=f"metadata for {path}")
+    if info.image_size != image_size:
+        raise ValueError(
+            f"image_size={image_size} but the metadata says {info.image_size}: pass the same size"
+        )
+
+    tensors = list(model.parameters()) + list(model.buffers())
+    weight_bytes = sum(t.numel() * 4 for t in tensors if t.is_floating_point())
+    if weight_bytes > MAX_INLINE_BYTES:
+        raise ExportError(
+            f"{info.model} has {weight_bytes / 2**30:.2f} GiB of float32 weights: a single "
+            f"self-contained .onnx is limited to 2 GiB by protobuf, so this model would need "
+            f"its weights in a separate external-data file, which neu-bench does not produce "
+            f"(one file is the deployment contract). Export a smaller model."
+        )
+
+    on_cpu_fp32 = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    net = model if on_cpu_fp32 else copy.deepcopy(model).to("cpu", torch.float32)
+    was_training = net.training
+    net.eval()
+    # Batch 2, not 1: torch.export specialises size-1 dims, and the dynamic axis must stay symbolic.
+    example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    try:
+        proto = _export_proto(net, example, exporter=exporter, opset=opset, name=info.model)
+    finally:
+        net.train(was_training)
+
+    _check_signature(proto, info, source=f"{info.model} ({exporter} exporter)")
+    if any(uses_external_data(t) for t in proto.graph.initializer):
+        raise ExportError(f"the {exporter} exporter produced external-data weights for {path}")
+    # Keep any metadata the exporter wrote, replace ours.
+    kept = {p.key: p.value for p in proto.metadata_props if not p.key.startswith(METADATA_PREFIX)}
+    onnx.helper.set_model_props(proto, {**kept, **metadata})
+    proto.doc_string = f"neu-bench {info.model} classifier ({len(info.classes)} classes)"
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:
+        raise ExportError(
+            f"onnx.checker rejected the {exporter} export of {info.model}: {e}"
+        ) from e
+
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp), format="protobuf")
+    return path
+
+
+def _export_proto(model, example: torch.Tensor, *, exporter: str, opset: int | None, name: str):
+    """Run one of torch's ONNX exporters in memory and return the onnx.ModelProto."""
+    import onnx
+
+    captured = io.StringIO()
+    try:
+        # The exporters print progress lines, deprecation warnings and (torchscript, on
+        # failure) a dump of the whole graph; a benchmark run exports several models, so keep
+        # its console to our own messages. The tail goes into the error when export fails.
+        with (
+            contextlib.redirect_stdout(captured),
+            contextlib.redirect_stderr(captured),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
+            with torch.no_grad():
+                if exporter == "dynamo":
+                    batch = torch.export.Dim("batch", min=1, max=65536)
+                    program = torch.onnx.export(
+                        model,
+                        (example,),
+                        dynamo=True,
+                        input_names=[INPUT_NAME],
+                        output_names=[OUTPUT_NAME],
+                        dynamic_shapes=({0: batch},),
+                        opset_version=opset,
+                        external_data=False,
+                        optimize=True,
+                        verbose=False,
+                    )
+                    return program.model_proto
+                buffer = io.BytesIO()
+                kwargs = {} if opset is None else {"opset_version": opset}
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    buffer,
+                    dynamo=False,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    do_constant_folding=True,
+                    verbose=False,
+                    **kwargs,
+                )
+                return onnx.load_from_string(buffer.getvalue())
+    except Exception as e:
+        tail = captured.getvalue().strip()[-2000:]
+        other = "torchscript" if exporter == "dynamo" else "dynamo"
+        raise ExportError(
+            f"the {exporter} ONNX exporter failed on {name}: {type(e).__name__}: {str(e)[:2000]}"
+            + (f"\nexporter output:\n{tail}" if tail else "")
+            + f"\ntry exporter={other!r}"
+        ) from e
+
+
+def _check_signature(proto, info, *, source: str) -> None:
+    """input "input" (batch, 3, S, S) with a symbolic batch, output "logits" (batch, K)."""
+    graph = proto.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    names = ([i.name for i in inputs], [o.name for o in graph.output])
+    if names != ([INPUT_NAME], [OUTPUT_NAME]):
+        raise ExportError(f"{source}: graph I/O is {names[0]} -> {names[1]}")
+
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    s = info.image_size
+    shape_in, shape_out = dims(inputs[0]), dims(graph.output[0])
+    if len(shape_in) != 4 or not isinstance(shape_in[0], str) or shape_in[1:] != [3, s, s]:
+        raise ExportError(f"{source}: input shape {shape_in}, expected [batch, 3, {s}, {s}]")
+    if len(shape_out) != 2 or not isinstance(shape_out[0], str):
+        raise ExportError(f"{source}: output shape {shape_out}, expected [batch, num_classes]")
+    if shape_out[1] != info.num_classes:
+        raise ExportError(
+            f"{source}: the model has {shape_out[1]} outputs but the metadata lists "
+            f"{info.num_classes} classes"
+        )
+
+
+def time_export(model, path, *, metadata, image_size, exporter) -> float:
+    """export_onnx's wall time in seconds (for the exporter comparison in the report)."""
+    t0 = time.perf_counter()
+    export_onnx(model, path, metadata=metadata, image_size=image_size, exporter=exporter)
+    return time.perf_counter() - t0

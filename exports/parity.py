@@ -1,0 +1,231 @@
+"""Does the .onnx compute what the PyTorch model computes? Checked on every image, not a sample.
+
+check_parity runs the torch model (eval, CPU, float32) and the ONNX model in ONNX Runtime
+on the same preprocessed inputs, at batch 1 and at a larger batch (so the dynamic batch
+axis is exercised, including a smaller last chunk), and checks, in this order:
+
+1. names: the graph has input "input" and output "logits";
+2. shapes: input (batch, 3, H, W) with a symbolic batch and H, W of the inputs; the output
+   is (b, num_classes) for every batch size b actually run;
+3. values: the largest |onnx - torch| logit difference is <= atol, and the top-1 class is the
+   same for every image at every batch size.
+
+Every failure is collected (the report lists all of them, not just the first).
+
+Why atol = 1e-3 by default: PyTorch and ORT use different convolution algorithms and
+summation orders, and ORT folds BatchNorm into the convolutions, so float32 logits of these
+CNNs (magnitude ~1-30) differ by about 1e-6..1e-4. A real export bug - wrong weights, a
+layer in training mode, a missing op, wrong preprocessing - moves logits by 1e-1 or more.
+1e-3 sits between the two with an order of magnitude of headroom on each side. The CUDA
+provider is run with TF32 disabled, which would otherwise add ~1e-3 relative error (ORT
+enables it by default on Ampere+); TensorRT builds its engines in FP32 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exports.runtime import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, create_session
+
+DEFAULT_ATOL = 1e-3
+
+
+@dataclass
+class ParityReport:
+    model: str
+    path: str
+    provider: str  # the provider ORT actually used (session.get_providers()[0], short name)
+    batch_sizes: list[int]
+    n_images: int
+    max_abs_diff: float  # max |onnx - torch| over every logit, image and batch size
+    max_rel_diff: float  # max_abs_diff / max |torch logit|: the error relative to logit scale
+    top1_disagreements: int  # images whose ONNX top-1 differs from torch's at any batch size
+    torch_accuracy: float | None  # None when no labels were given
+    onnx_accuracy: float | None  # worst over the batch sizes
+    atol: float
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    max_abs_diff_by_batch: dict[int, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        status = "PASSED" if self.passed else "FAILED"
+        by_batch = ", ".join(f"batch {b}: {d:.3g}" for b, d in self.max_abs_diff_by_batch.items())
+        return (
+            f"parity {status} for {self.model} ({self.path}) on {self.provider}, "
+            f"{self.n_images} images: {OUTPUT_NAME} max_abs_diff={self.max_abs_diff:.3g} "
+            f"(atol {self.atol:g}; {by_batch}), max_rel_diff={self.max_rel_diff:.3g}, "
+            f"top-1 disagreements {self.top1_disagreements}, accuracy torch "
+            f"{_fmt(self.torch_accuracy)} vs onnx {_fmt(self.onnx_accuracy)}"
+        )
+
+
+class ParityError(AssertionError):
+    """The ONNX model does not reproduce the torch model; the message lists every failure."""
+
+    def __init__(self, report: ParityReport):
+        self.report = report
+        lines = [report.summary()] + [f"  - {f}" for f in report.failures]
+        super().__init__("\n".join(lines))
+
+
+def assert_parity(report: ParityReport) -> ParityReport:
+    """Raise ParityError unless report.passed; returns the report for chaining."""
+    if not report.passed:
+        raise ParityError(report)
+    return report
+
+
+def check_parity(
+    model: torch.nn.Module,
+    onnx_path: str | Path,
+    inputs: torch.Tensor,
+    labels=None,
+    *,
+    batch_sizes=(1, 32),
+    provider: str = "cpu",
+    atol: float = DEFAULT_ATOL,
+    threads: int | None = None,
+) -> ParityReport:
+    """Compare `model` and the ONNX file on every row of `inputs` (N, 3, H, W) float32.
+
+    `inputs` are already preprocessed (neu.image.normalize / neu.augment.eval_batch);
+    `labels` (N,) ints or None. The torch model is run on a CPU float32 copy when it lives
+    elsewhere; it is put in eval mode and its mode restored. Raises ProviderUnavailableError
+    when a GPU provider was asked for and ORT would fall back to CPU.
+    """
+    onnx_path = Path(onnx_path)
+    x = torch.as_tensor(inputs).detach().to("cpu", torch.float32).contiguous()
+    if x.ndim != 4 or x.shape[1] != 3 or len(x) == 0:
+        raise ValueError(f"inputs must be a non-empty (N, 3, H, W) tensor, got {tuple(x.shape)}")
+    y = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
+    if y is not None and len(y) != len(x):
+        raise ValueError(f"{len(y)} labels for {len(x)} images")
+    batch_sizes = sorted({int(b) for b in batch_sizes})
+    if not batch_sizes or batch_sizes[0] < 1:
+        raise ValueError(f"batch_sizes must be positive, got {batch_sizes}")
+
+    # CUDA: TF32 would make ORT's own rounding the dominant difference (see module doc).
+    options = {"use_tf32": "0"} if provider == "cuda" else None
+    session, actual = create_session(
+        onnx_path, provider=provider, threads=threads, strict=True, provider_options=options
+    )
+    meta = session.get_modelmeta().custom_metadata_map
+    name = meta.get(METADATA_PREFIX + "model") or type(model).__name__
+    failures: list[str] = []
+
+    # 1. names
+    in_names = [i.name for i in session.get_inputs()]
+    out_names = [o.name for o in session.get_outputs()]
+    if in_names != [INPUT_NAME]:
+        failures.append(f"graph inputs are {in_names}, expected [{INPUT_NAME!r}]")
+    if out_names != [OUTPUT_NAME]:
+        failures.append(f"graph outputs are {out_names}, expected [{OUTPUT_NAME!r}]")
+    feed_name = in_names[0]
+
+    # 2. declared shapes
+    declared = list(session.get_inputs()[0].shape)
+    want = [3, x.shape[2], x.shape[3]]
+    if len(declared) != 4 or declared[1:] != want:
+        failures.append(
+            f"graph input shape {declared}, expected [batch, {want[0]}, {want[1]}, {want[2]}]"
+        )
+    elif isinstance(declared[0], int):
+        failures.append(f"graph input batch axis is fixed to {declared[0]}, expected dynamic")
+
+    # torch reference, computed once (eval-mode CNNs are batch-independent)
+    torch_logits = _torch_logits(model, x, batch=max(batch_sizes))
+    num_classes = torch_logits.shape[1]
+    torch_top1 = torch_logits.argmax(1)
+
+    # 3. values, at each batch size over every image
+    disagree = np.zeros(len(x), dtype=bool)
+    diff_by_batch: dict[int, float] = {}
+    onnx_accuracies: list[float] = []
+    for b in batch_sizes:
+        chunks, bad_shape = [], None
+        for i in range(0, len(x), b):
+            feed = x[i : i + b].numpy()
+            try:
+                out = session.run(None, {feed_name: feed})[0]
+            except Exception as e:  # an ORT failure at one batch size is a failure, not a crash
+                bad_shape = f"batch {b}: ONNX Runtime failed on a batch of {len(feed)}: {e}"
+                break
+            if out.shape != (len(feed), num_classes):
+                bad_shape = (
+                    f"batch {b}: output shape {tuple(out.shape)} for a batch of {len(feed)}, "
+                    f"expected ({len(feed)}, {num_classes})"
+                )
+                break
+            chunks.append(out)
+        if bad_shape:
+            failures.append(bad_shape)
+            continue
+        onnx_logits = np.concatenate(chunks).astype(np.float32)
+        if not np.isfinite(onnx_logits).all():
+            failures.append(f"batch {b}: ONNX logits contain NaN/inf")
+        diff_by_batch[b] = float(np.abs(onnx_logits - torch_logits).max())
+        top1 = onnx_logits.argmax(1)
+        disagree |= top1 != torch_top1
+        if y is not None:
+            onnx_accuracies.append(float((top1 == y).mean()))
+
+    max_abs = max(diff_by_batch.values()) if diff_by_batch else float("nan")
+    scale = float(np.abs(torch_logits).max())
+    max_rel = max_abs / scale if scale > 0 else max_abs
+    for b, d in diff_by_batch.items():
+        if not d <= atol:  # also catches NaN
+            failures.append(f"batch {b}: {OUTPUT_NAME} max_abs_diff {d:.3g} > atol {atol:g}")
+    n_disagree = int(disagree.sum())
+    if n_disagree:
+        first = ", ".join(str(i) for i in np.flatnonzero(disagree)[:10])
+        failures.append(
+            f"top-1 class differs from torch on {n_disagree}/{len(x)} images "
+            f"(indices {first}{', ...' if n_disagree > 10 else ''})"
+        )
+    return ParityReport(
+        model=name,
+        path=str(onnx_path),
+        provider=actual,
+        batch_sizes=batch_sizes,
+        n_images=len(x),
+        max_abs_diff=max_abs,
+        max_rel_diff=max_rel,
+        top1_disagreements=n_disagree,
+        torch_accuracy=None if y is None else float((torch_top1 == y).mean()),
+        onnx_accuracy=min(onnx_accuracies) if onnx_accuracies else None,
+        atol=atol,
+        passed=not failures,
+        failures=failures,
+        max_abs_diff_by_batch=diff_by_batch,
+    )
+
+
+def _torch_logits(model: torch.nn.Module, x: torch.Tensor, *, batch: int) -> np.ndarray:
+    params = list(model.parameters()) + list(model.buffers())
+    on_cpu = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+    net = model if on_cpu else _cpu_copy(model)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            out = [net(x[i : i + batch]).float().numpy() for i in range(0, len(x), batch)]
+    finally:
+        net.train(was_training)
+    return np.concatenate(out)
+
+
+def _cpu_copy(model):
+    import copy
+
+    return copy.deepcopy(model).to("cpu", torch.float32)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"

@@ -1,0 +1,445 @@
+"""Run an exported neu-bench classifier with ONNX Runtime: no torch anywhere.
+
+This is the deployment side. It needs onnxruntime, numpy and pillow only, and must keep
+working where torch is not installed (tests/test_runtime.py runs it with `import torch`
+made to fail). Everything a deployment needs to preprocess an image - size, channels,
+mean/std, resize method, class names - is read from the "neu_bench.*" metadata stored in
+the .onnx file itself, so the file is the whole contract.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from neu.image import IMAGE_EXTENSIONS, RESIZE_METHOD, load_image, normalize
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+METADATA_PREFIX = "neu_bench."
+FORMAT_VERSION = "1"
+INPUT_LAYOUT = "NCHW"
+INPUT_RANGE = "float32 (pixel/255 - mean)/std"
+
+# Keys without which an image cannot be preprocessed and labelled: a file lacking any of them
+# was not exported by neu-bench (or was stripped) and is refused.
+REQUIRED_KEYS = (
+    "format_version",
+    "model",
+    "classes",
+    "num_classes",
+    "image_size",
+    "channels",
+    "mean",
+    "std",
+    "input_layout",
+    "resize",
+)
+# Provenance keys: written by every export, needed by `verify`, not by `predict`.
+PROVENANCE_KEYS = (
+    "input_range",
+    "val_accuracy",
+    "dataset_hash",
+    "split_hash",
+    "split",
+    "weights",
+    "torch_version",
+    "torchvision_version",
+    "export_date",
+)
+
+# Short provider names used across neu-bench -> ONNX Runtime execution providers, in the
+# order handed to ORT (TensorRT falls back op-by-op to CUDA, then CPU, inside one session).
+PROVIDERS = {
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+_SHORT_NAME = {
+    "CPUExecutionProvider": "cpu",
+    "CUDAExecutionProvider": "cuda",
+    "TensorrtExecutionProvider": "tensorrt",
+}
+
+_FIX = "pass the .onnx written by `bench run`"
+
+
+class ModelFormatError(ValueError):
+    """The file is not an ONNX classifier exported by neu-bench (message says why + the fix)."""
+
+
+class ProviderUnavailableError(RuntimeError):
+    """A GPU execution provider was asked for but ONNX Runtime cannot use it here."""
+
+
+# ---------------------------------------------------------------------------------------------
+# sessions
+
+
+def create_session(
+    path: str | Path,
+    *,
+    provider: str = "cpu",
+    threads: int | None = None,
+    strict: bool = True,
+    provider_options: dict | None = None,
+):
+    """Open `path` in ONNX Runtime on `provider` ("cpu" | "cuda" | "tensorrt").
+
+    Returns (session, actual) where `actual` is the short name of the provider ORT really put
+    first. ORT silently falls back to CPU when a GPU provider cannot start (no GPU, missing
+    CUDA/cuDNN/TensorRT libraries), which would make a "GPU" benchmark measure the CPU: with
+    strict=True that raises ProviderUnavailableError, with strict=False it returns "cpu".
+    `threads` sets intra-op threads (None = ORT's default, one per physical core).
+    `provider_options` go to the first (requested) provider, e.g. {"use_tf32": "0"} for CUDA.
+    A missing, truncated or non-ONNX file raises ModelFormatError.
+    """
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFormatError(f"{path} does not exist or is not a file: {_FIX}")
+    wanted = PROVIDERS[provider]
+    available = ort.get_available_providers()
+    if wanted[0] not in available:
+        if strict:
+            raise ProviderUnavailableError(
+                f"provider {provider!r} ({wanted[0]}) is not in this onnxruntime build "
+                f"(onnxruntime {ort.__version__} offers {', '.join(available)}): install "
+                f"onnxruntime-gpu on a machine with an NVIDIA GPU, or use --provider cpu"
+            )
+        wanted = PROVIDERS["cpu"]
+    providers: list = [p for p in wanted if p in available]
+    if provider_options:
+        providers[0] = (providers[0], dict(provider_options))
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    # ORT logs its own fallback warnings to stderr; we report the outcome ourselves below.
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as e:  # ORT raises its own pybind classes (InvalidProtobuf, Fail, ...)
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFormatError(
+            f"{path} is not a readable ONNX model ({type(e).__name__}: {detail}): {_FIX}"
+        ) from e
+
+    actual_name = session.get_providers()[0]
+    actual = _SHORT_NAME.get(actual_name, actual_name)
+    if actual != provider and provider != "cpu":
+        if strict:
+            raise ProviderUnavailableError(
+                f"asked for provider {provider!r} but ONNX Runtime fell back to "
+                f"{actual_name} (session providers: {', '.join(session.get_providers())}): "
+                f"no usable GPU, or the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu "
+                f"{ort.__version__} needs are missing; fix that or use --provider cpu"
+            )
+    return session, actual
+
+
+# ---------------------------------------------------------------------------------------------
+# metadata
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The parsed "neu_bench.*" metadata of an exported model."""
+
+    model: str
+    classes: list[str]
+    image_size: int
+    channels: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str
+    val_accuracy: float | None = None
+    dataset_hash: str | None = None
+    split_hash: str | None = None
+    split: dict | None = None
+    weights: str | None = None
+    raw: dict[str, str] = field(default_factory=dict)  # every metadata_props entry, unparsed
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def parse_metadata(props: dict[str, str], *, source: str | Path = "model") -> ModelInfo:
+    """Validate the ONNX custom metadata map and parse it; ModelFormatError says what is wrong."""
+    meta = {k[len(METADATA_PREFIX) :]: v for k, v in props.items() if k.startswith(METADATA_PREFIX)}
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        keys = ", ".join(METADATA_PREFIX + k for k in missing)
+        raise ModelFormatError(
+            f"{source} was not exported by neu-bench: its metadata lacks {keys} (class names, "
+            f"input size and normalisation are needed to classify an image): {_FIX}"
+        )
+
+    def bad(key: str, why: str) -> ModelFormatError:
+        return ModelFormatError(
+            f"{source}: metadata {METADATA_PREFIX}{key}={meta.get(key)!r} {why}: {_FIX}"
+        )
+
+    if meta["format_version"] != FORMAT_VERSION:
+        raise bad("format_version", f"is not {FORMAT_VERSION!r} (written by another neu-bench)")
+
+    def load_json(key: str):
+        try:
+            return json.loads(meta[key])
+        except ValueError:
+            raise bad(key, "is not valid JSON") from None
+
+    def to_int(key: str) -> int:
+        try:
+            return int(meta[key])
+        except ValueError:
+            raise bad(key, "is not an integer") from None
+
+    classes = load_json("classes")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise bad("classes", "is not a non-empty JSON list of names")
+    if to_int("num_classes") != len(classes):
+        raise bad("num_classes", f"does not match the {len(classes)} class names")
+    image_size = to_int("image_size")
+    if image_size <= 0:
+        raise bad("image_size", "is not positive")
+    channels = to_int("channels")
+    if channels not in (1, 3):
+        raise bad("channels", "is not 1 or 3")
+    mean, std = load_json("mean"), load_json("std")
+    for key, value in (("mean", mean), ("std", std)):
+        if not (isinstance(value, list) and len(value) == 3):
+            raise bad(key, "is not a JSON list of 3 numbers")
+    if min(std) <= 0:
+        raise bad("std", "has a value <= 0")
+    if meta["input_layout"] != INPUT_LAYOUT:
+        raise bad("input_layout", f"is not {INPUT_LAYOUT!r}")
+    if meta["resize"] != RESIZE_METHOD:
+        raise bad("resize", f"is not {RESIZE_METHOD!r}, the only resize this runtime implements")
+
+    val_accuracy = None
+    if meta.get("val_accuracy") not in (None, "", "null", "None"):
+        try:
+            val_accuracy = float(meta["val_accuracy"])
+        except ValueError:
+            raise bad("val_accuracy", "is not a number") from None
+    split = load_json("split") if meta.get("split") else None
+    return ModelInfo(
+        model=meta["model"],
+        classes=list(classes),
+        image_size=image_size,
+        channels=channels,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        resize=meta["resize"],
+        val_accuracy=val_accuracy,
+        dataset_hash=meta.get("dataset_hash") or None,
+        split_hash=meta.get("split_hash") or None,
+        split=split,
+        weights=meta.get("weights"),
+        raw=dict(props),
+    )
+
+
+def check_graph(session, info: ModelInfo, *, source: str | Path = "model") -> None:
+    """The graph's input/output names and shapes agree with the metadata and the design."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    names = ([i.name for i in inputs], [o.name for o in outputs])
+    if names != ([INPUT_NAME], [OUTPUT_NAME]):
+        raise ModelFormatError(
+            f"{source}: graph inputs/outputs are {names[0]} -> {names[1]}, expected "
+            f"[{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]: {_FIX}"
+        )
+    shape = list(inputs[0].shape)
+    want = [3, info.image_size, info.image_size]
+    if len(shape) != 4 or shape[1:] != want:
+        raise ModelFormatError(
+            f"{source}: graph input shape {shape} does not match the metadata "
+            f"(batch, {', '.join(map(str, want))}): {_FIX}"
+        )
+    out = list(outputs[0].shape)
+    if len(out) != 2 or (isinstance(out[1], int) and out[1] != info.num_classes):
+        raise ModelFormatError(
+            f"{source}: graph output shape {out} does not match the {info.num_classes} "
+            f"classes in the metadata: {_FIX}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+
+def collect_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
+    """Expand the command line's files and folders into (images, skipped).
+
+    Folders are walked recursively in sorted order and keep files whose extension is in
+    neu.image.IMAGE_EXTENSIONS; other files found there (annotations, Thumbs.db, ...) are
+    returned as `skipped` so the caller can say so. Files named explicitly are always kept,
+    whatever their extension, missing ones included: the classifier then reports a per-file
+    error for each one it cannot read, instead of dropping it silently.
+    """
+    images: list[Path] = []
+    skipped: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            images.append(p)
+            continue
+        found = sorted(
+            (q for q in p.rglob("*") if q.is_file()),
+            key=lambda q: q.relative_to(p).as_posix(),
+        )
+        for q in found:
+            if any(part.startswith(".") for part in q.relative_to(p).parts):
+                continue  # hidden files / folders (.DS_Store, .git): not the user's data
+            (images if q.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(q)
+    return images, skipped
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for large logits (subtract the row max before exp)."""
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# the classifier
+
+
+class Classifier:
+    """An exported neu-bench model, ready to classify image files or uint8 pixel arrays.
+
+    >>> clf = Classifier("runs/x/resnet50/model.onnx")
+    >>> clf.predict_files(["a.bmp"])[0]["class"]
+    'scratches'
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        provider: str = "cpu",
+        threads: int | None = None,
+        strict: bool = True,
+    ):
+        self.path = Path(path)
+        self.session, self.provider = create_session(
+            self.path, provider=provider, threads=threads, strict=strict
+        )
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.info = parse_metadata(props, source=self.path)
+        check_graph(self.session, self.info, source=self.path)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info.classes)
+
+    @property
+    def image_size(self) -> int:
+        return self.info.image_size
+
+    @property
+    def channels(self) -> int:
+        return self.info.channels
+
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
+        """float32 (N, 3, S, S) preprocessed batch -> float32 (N, num_classes) logits."""
+        x = np.ascontiguousarray(inputs, dtype=np.float32)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+    def predict_arrays(self, pixels: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
+        """uint8 (N, C, S, S) pixels as neu.image.load_image returns them -> probabilities.
+
+        C must be the model's channels and S its image_size (resize beforehand with
+        load_image(size=clf.image_size, channels=clf.channels)). Returns float32
+        (N, num_classes), rows summing to 1, columns in `self.classes` order.
+        """
+        pixels = np.asarray(pixels)
+        want = (self.channels, self.image_size, self.image_size)
+        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != want:
+            raise ValueError(
+                f"expected uint8 pixels of shape (N, {', '.join(map(str, want))}), got "
+                f"{pixels.dtype} {tuple(pixels.shape)}: decode images with "
+                f"neu.image.load_image(path, size={self.image_size}, channels={self.channels})"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = [
+            softmax(
+                self.logits(normalize(pixels[i : i + batch_size], self.info.mean, self.info.std))
+            )
+            for i in range(0, len(pixels), batch_size)
+        ]
+        if not out:
+            return np.zeros((0, self.info.num_classes), dtype=np.float32)
+        return np.concatenate(out)
+
+    def iter_predict_files(
+        self, paths: Sequence[str | Path], *, batch_size: int = 32
+    ) -> Iterator[dict]:
+        """Yield one result per path, in order, decoding and running `batch_size` at a time.
+
+        A result is {"file", "class", "index", "confidence", "probabilities": {name: p}}, or
+        {"file", "error"} for a file that cannot be read as an image: one bad file never stops
+        the others. Images of another size are resized exactly as in training
+        (neu.image.load_image: Pillow bilinear to image_size x image_size, "L" or "RGB").
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        paths = list(paths)
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            results: list[dict] = []
+            loaded: list[np.ndarray] = []
+            slots: list[int] = []
+            for p in chunk:
+                try:
+                    if Path(p).is_dir():
+                        raise IsADirectoryError(f"{p} is a folder")
+                    loaded.append(load_image(p, size=self.image_size, channels=self.channels))
+                    slots.append(len(results))
+                    results.append({"file": str(p)})
+                except Exception as e:  # PIL raises OSError, ValueError, DecompressionBombError...
+                    results.append({"file": str(p), "error": _describe(e, p)})
+            if loaded:
+                probs = self.predict_arrays(np.stack(loaded), batch_size=len(loaded))
+                for slot, row in zip(slots, probs, strict=True):
+                    k = int(row.argmax())
+                    results[slot].update(
+                        {
+                            "class": self.info.classes[k],
+                            "index": k,
+                            "confidence": float(row[k]),
+                            "probabilities": {
+                                c: float(v) for c, v in zip(self.info.classes, row, strict=True)
+                            },
+                        }
+                    )
+            yield from results
+
+    def predict_files(self, paths: Sequence[str | Path], *, batch_size: int = 32) -> list[dict]:
+        """List version of iter_predict_files (same per-file dicts, same order)."""
+        return list(self.iter_predict_files(paths, batch_size=batch_size))
+
+    def __repr__(self) -> str:
+        return (
+            f"Classifier({str(self.path)!r}, model={self.info.model!r}, "
+            f"classes={len(self.classes)}, image_size={self.image_size}, "
+            f"provider={self.provider!r})"
+        )
+
+
+def _describe(e: BaseException, path) -> str:
+    """'Type: message' without repeating the file name the result already carries."""
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    text = text.replace(repr(str(path)), "").replace(str(path), "").strip(" :")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

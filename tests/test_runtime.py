@@ -1,0 +1,398 @@
+"""exports.runtime + `python -m exports`: the torch-free deployment side."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torchvision
+
+from exports.__main__ import main
+from exports.export import build_metadata, export_onnx
+from exports.runtime import (
+    Classifier,
+    ModelFormatError,
+    ProviderUnavailableError,
+    collect_images,
+    create_session,
+    softmax,
+)
+from neu import NEU_CLASSES
+from neu.image import load_image, normalize
+from tests.conftest import write_image
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]
+
+
+@pytest.fixture(scope="module")
+def model():
+    # BatchNorm calibrated on image-like inputs (see tests/test_export.py::tiny_model): without
+    # it a random model gives every image the same class by a 1e-7 margin.
+    torch.manual_seed(0)
+    net = torchvision.models.get_model("shufflenet_v2_x0_5", num_classes=6)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 1, SIZE, SIZE), dtype=np.uint8)
+    net.train()
+    with torch.no_grad():
+        net(torch.from_numpy(normalize(pixels, MEAN, STD)))
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_path(model, tmp_path_factory) -> Path:
+    # torchscript: same file contract as dynamo (tests/test_export.py), 10x faster to produce.
+    meta = build_metadata(
+        model_name="shufflenet_v2_x0_5",
+        classes=NEU_CLASSES,
+        image_size=SIZE,
+        channels=1,
+        mean=MEAN,
+        std=STD,
+        val_accuracy=0.5,
+        dataset_hash="d" * 64,
+        split_hash="s" * 64,
+        split={"seed": 0, "val_fraction": 0.5, "test_fraction": 0.0, "limit_per_class": None},
+        weights="none",
+    )
+    out = tmp_path_factory.mktemp("runtime") / "model.onnx"
+    return export_onnx(model, out, metadata=meta, image_size=SIZE, exporter="torchscript")
+
+
+@pytest.fixture
+def image_dir(tmp_path) -> Path:
+    """Images of other sizes and modes, a corrupt one, and a companion file."""
+    d = tmp_path / "imgs"
+    write_image(d / "a.bmp", size=(24, 24), seed=1)
+    write_image(d / "b.png", size=(40, 50), mode="RGB", seed=2)
+    write_image(d / "sub" / "c.jpg", size=(32, 32), seed=3, fmt="JPEG")
+    (d / "broken.bmp").write_bytes(b"BM" + b"\x00" * 10)  # header of a BMP, then nothing
+    (d / "notes.txt").write_text("not an image")
+    (d / ".hidden.png").write_bytes(b"ignored")
+    return d
+
+
+def torch_classes(model, files) -> list[str]:
+    """What the PyTorch model says for these files, through the same preprocessing."""
+    pixels = np.stack([load_image(f, size=SIZE, channels=1) for f in files])
+    with torch.no_grad():
+        logits = model(torch.from_numpy(normalize(pixels, MEAN, STD)))
+    return [NEU_CLASSES[i] for i in logits.argmax(1).tolist()]
+
+
+# --- the model file ------------------------------------------------------------------------
+
+
+def test_classifier_reads_metadata(onnx_path):
+    clf = Classifier(onnx_path)
+    assert clf.classes == list(NEU_CLASSES)
+    assert (clf.image_size, clf.channels, clf.provider) == (SIZE, 1, "cpu")
+    assert clf.info.model == "shufflenet_v2_x0_5" and clf.info.val_accuracy == 0.5
+    assert "shufflenet_v2_x0_5" in repr(clf)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"this is not a model\n", "truncated", "image"],
+    ids=["empty", "text", "truncated", "image"],
+)
+def test_unreadable_model_file(content, onnx_path, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    if content == "truncated":
+        data = onnx_path.read_bytes()
+        bad.write_bytes(data[: len(data) // 3])
+    elif content == "image":
+        write_image(bad, size=(8, 8), fmt="BMP")
+    else:
+        bad.write_bytes(content)
+    with pytest.raises(ModelFormatError, match="is not a readable ONNX model") as info:
+        Classifier(bad)
+    assert str(bad) in str(info.value) and "bench run" in str(info.value)
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(ModelFormatError, match="does not exist"):
+        Classifier(tmp_path / "nope.onnx")
+
+
+def test_onnx_without_our_metadata(tmp_path):
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "identity.onnx"
+    onnx.save_model(model, str(path))
+    with pytest.raises(ModelFormatError, match="not exported by neu-bench") as info:
+        Classifier(path)
+    message = str(info.value)
+    assert str(path) in message
+    for key in ("neu_bench.classes", "neu_bench.image_size", "neu_bench.mean", "neu_bench.std"):
+        assert key in message
+
+
+def test_metadata_that_disagrees_with_the_graph(onnx_path, tmp_path):
+    proto = onnx.load(str(onnx_path))
+    for p in proto.metadata_props:
+        if p.key == "neu_bench.image_size":
+            p.value = "64"
+    path = tmp_path / "m.onnx"
+    onnx.save_model(proto, str(path))
+    with pytest.raises(ModelFormatError, match="does not match the metadata"):
+        Classifier(path)
+
+
+# --- providers -----------------------------------------------------------------------------
+
+
+def test_gpu_provider_fallback_is_detected(onnx_path):
+    session, actual = create_session(onnx_path, provider="cuda", strict=False)
+    if actual == "cuda":
+        pytest.skip("CUDA works here: no fallback to detect")
+    assert actual == "cpu" and session.get_providers()[0] == "CPUExecutionProvider"
+    with pytest.raises(ProviderUnavailableError, match="--provider cpu"):
+        create_session(onnx_path, provider="cuda", strict=True)
+    with pytest.raises(ValueError, match="unknown provider"):
+        create_session(onnx_path, provider="gpu")
+
+
+@pytest.mark.needs_cuda
+def test_cuda_provider_runs_and_agrees_with_cpu(onnx_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 1, SIZE, SIZE), dtype=np.uint8)
+    gpu = Classifier(onnx_path, provider="cuda")
+    assert gpu.provider == "cuda"
+    np.testing.assert_allclose(
+        gpu.predict_arrays(pixels), Classifier(onnx_path).predict_arrays(pixels), atol=1e-3
+    )
+
+
+# --- predicting ----------------------------------------------------------------------------
+
+
+def test_collect_images(image_dir, tmp_path):
+    explicit = tmp_path / "explicit.txt"
+    explicit.write_text("x")
+    images, skipped = collect_images([image_dir, explicit, tmp_path / "missing.bmp"])
+    rel = [p.relative_to(tmp_path).as_posix() for p in images]
+    assert rel == [
+        "imgs/a.bmp",
+        "imgs/b.png",
+        "imgs/broken.bmp",
+        "imgs/sub/c.jpg",
+        "explicit.txt",  # named explicitly: kept, so it gets a per-file error
+        "missing.bmp",
+    ]
+    assert [p.name for p in skipped] == ["notes.txt"]
+
+
+def test_predict_files_one_bad_image_does_not_stop_the_others(onnx_path, model, image_dir):
+    clf = Classifier(onnx_path)
+    images, _ = collect_images([image_dir])
+    results = clf.predict_files(images + [image_dir / "missing.bmp"], batch_size=2)
+    assert [Path(r["file"]).name for r in results] == [
+        "a.bmp",
+        "b.png",
+        "broken.bmp",
+        "c.jpg",
+        "missing.bmp",
+    ]
+    errors = {Path(r["file"]).name: r["error"] for r in results if "error" in r}
+    assert set(errors) == {"broken.bmp", "missing.bmp"}
+    assert "No such file" in errors["missing.bmp"]
+    good = [r for r in results if "error" not in r]
+    for r in good:
+        assert set(r["probabilities"]) == set(NEU_CLASSES)
+        assert abs(sum(r["probabilities"].values()) - 1) < 1e-5
+        assert r["class"] == max(r["probabilities"], key=r["probabilities"].get)
+        assert r["confidence"] == r["probabilities"][r["class"]]
+    assert [r["class"] for r in good] == torch_classes(model, [r["file"] for r in good])
+
+
+def test_predict_arrays_checks_its_input(onnx_path):
+    clf = Classifier(onnx_path)
+    with pytest.raises(ValueError, match="load_image"):
+        clf.predict_arrays(np.zeros((2, 3, SIZE, SIZE), np.uint8))  # model reads grayscale
+    with pytest.raises(ValueError, match="uint8"):
+        clf.predict_arrays(np.zeros((2, 1, SIZE, SIZE), np.float32))
+    assert clf.predict_arrays(np.zeros((0, 1, SIZE, SIZE), np.uint8)).shape == (0, 6)
+
+
+def test_softmax_is_stable():
+    p = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]], dtype=np.float32))
+    np.testing.assert_allclose(p, [[1, 0], [0.5, 0.5]], atol=1e-6)
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def test_cli_predict_json(onnx_path, image_dir, capsys):
+    code = main(["predict", str(onnx_path), str(image_dir), "--json", "--batch-size", "3"])
+    out, err = capsys.readouterr()
+    assert code == 1  # broken.bmp
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 4
+    for r in lines:
+        assert "error" in r or set(r) >= {"file", "class", "probabilities"}
+    assert [Path(r["file"]).name for r in lines if "error" in r] == ["broken.bmp"]
+    assert "skipped 1 non-image" in err and "1 of 4 images" in err
+
+
+def test_cli_predict_table_all_good(onnx_path, image_dir, capsys):
+    code = main(["predict", str(onnx_path), str(image_dir / "a.bmp"), str(image_dir / "b.png")])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert "a.bmp" in out and "b.png" in out
+    assert any(c in out for c in NEU_CLASSES)
+
+
+def test_cli_bad_model_file_exit_2(tmp_path, image_dir, capsys):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"garbage")
+    assert main(["predict", str(bad), str(image_dir)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "bench run" in err
+
+
+def test_cli_predict_runs_without_torch(onnx_path, model, image_dir, tmp_path):
+    """`python -m exports predict` in a process where `import torch` fails loudly."""
+    blocker = tmp_path / "no_torch"
+    marker = tmp_path / "torch_import_attempted"
+    for name in ("torch", "torchvision"):
+        (blocker / name).mkdir(parents=True)
+        (blocker / name / "__init__.py").write_text(
+            f"open({str(marker)!r}, 'a').write({name!r} + '\\n')\n"
+            f"raise ImportError('{name} is not available in this deployment test')\n"
+        )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "exports", "predict", str(onnx_path), str(image_dir), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert not marker.exists(), f"torch import attempted: {marker.read_text()}\n{proc.stderr}"
+    assert proc.returncode == 1, proc.stderr  # broken.bmp
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    good = [r for r in results if "error" not in r]
+    assert len(good) == 3
+    assert [r["class"] for r in good] == torch_classes(model, [r["file"] for r in good])
+
+
+# --- verify --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def verified_run(model, tmp_path_factory):
+    """A miniature NEU-CLS, its seeded split, and the model exported with that provenance."""
+    from neu.dataset import load_dataset
+    from neu.split import make_split
+    from tests.conftest import make_neu_flat
+
+    tmp = tmp_path_factory.mktemp("verify")
+    root = make_neu_flat(tmp / "NEU-CLS", per_class=4, size=(40, 40))
+    ds = load_dataset(root, image_size=SIZE, cache_dir=False)
+    split = make_split(ds, seed=3, val_fraction=0.5)
+    val = torch.as_tensor(split.val)
+    inputs = torch.from_numpy(normalize(ds.images[val].numpy(), split.mean, split.std))
+    with torch.no_grad():
+        top1 = model(inputs).argmax(1).numpy()
+    accuracy = float((top1 == ds.labels[split.val]).mean())
+
+    def export(path, val_accuracy=accuracy):
+        meta = build_metadata(
+            model_name="shufflenet_v2_x0_5",
+            classes=ds.classes,
+            image_size=SIZE,
+            channels=ds.channels,
+            mean=split.mean,
+            std=split.std,
+            val_accuracy=val_accuracy,
+            dataset_hash=ds.dataset_hash,
+            split_hash=split.split_hash,
+            split=split.info(),
+            weights="none",
+        )
+        return export_onnx(model, path, metadata=meta, image_size=SIZE, exporter="torchscript")
+
+    checkpoint = tmp / "best.pt"
+    torch.save(
+        {
+            "format": 1,
+            "model": "shufflenet_v2_x0_5",
+            "classes": list(ds.classes),
+            "num_classes": 6,
+            "state_dict": model.state_dict(),
+            "image_size": SIZE,
+            "channels": ds.channels,
+            "mean": list(split.mean),
+            "std": list(split.std),
+            "val_accuracy": accuracy,
+            "dataset_hash": ds.dataset_hash,
+            "split_hash": split.split_hash,
+            "split": split.info(),
+            "weights": "none",
+            "seed": 0,
+            "epoch": 1,
+        },
+        checkpoint,
+    )
+    return {"root": root, "accuracy": accuracy, "export": export, "tmp": tmp, "ckpt": checkpoint}
+
+
+def test_verify_reproduces_accuracy(verified_run, capsys):
+    path = verified_run["export"](verified_run["tmp"] / "good.onnx")
+    code = main(["verify", str(path), "--data", str(verified_run["root"]), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0, result
+    assert result["passed"] and not result["failures"] and not result["warnings"]
+    assert result["n_val"] == 12
+    assert result["onnx_accuracy"] == pytest.approx(verified_run["accuracy"])
+    assert result["dataset_hash_match"] and result["split_hash_match"]
+
+
+def test_verify_with_checkpoint_runs_parity(verified_run, capsys):
+    path = verified_run["export"](verified_run["tmp"] / "good.onnx")
+    args = ["verify", str(path), "--data", str(verified_run["root"])]
+    code = main([*args, "--checkpoint", str(verified_run["ckpt"]), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0, result
+    assert result["parity"]["passed"] and result["parity"]["n_images"] == 12
+
+
+def test_verify_fails_on_wrong_recorded_accuracy(verified_run, capsys):
+    wrong = min(1.0, verified_run["accuracy"] + 0.5) if verified_run["accuracy"] < 0.5 else 0.0
+    path = verified_run["export"](verified_run["tmp"] / "wrong.onnx", val_accuracy=wrong)
+    code = main(["verify", str(path), "--data", str(verified_run["root"])])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "FAILED" in err and "recorded val_accuracy" in err and "verify: FAILED" in out
+
+
+def test_verify_warns_on_other_dataset(verified_run, tmp_path, capsys):
+    from tests.conftest import make_neu_flat
+
+    path = verified_run["export"](verified_run["tmp"] / "good.onnx")
+    other = make_neu_flat(tmp_path / "other", per_class=5, size=(40, 40))
+    code = main(["verify", str(path), "--data", str(other), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0  # not comparable, so nothing to fail on; said loudly instead
+    assert not result["dataset_hash_match"]
+    assert any("not the exact dataset" in w for w in result["warnings"])
+
+
+def test_verify_bad_data_exit_2(verified_run, tmp_path, capsys):
+    path = verified_run["export"](verified_run["tmp"] / "good.onnx")
+    assert main(["verify", str(path), "--data", str(tmp_path / "empty")]) == 2
+    assert "error:" in capsys.readouterr().err
