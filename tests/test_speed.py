@@ -1,0 +1,421 @@
+"""bench.speed: statistics, the timing loop, OOM shrink, ORT provider honesty, Pareto + plot.
+
+Tiny conv nets at 16-32 px and min_seconds ~0 keep every test well under a second.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bench import speed
+
+ROW_KEYS = {
+    "runtime",
+    "provider",
+    "precision",
+    "channels_last",
+    "batch_size",
+    "threads",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "latency_ms_p99",
+    "latency_ms_mean",
+    "latency_ms_std",
+    "n",
+    "throughput_img_s",
+}
+FAST = dict(warmup_iters=1, min_seconds=0.0, min_iters=3)
+
+
+def tiny_net(num_classes: int = 6) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, num_classes),
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    model = tiny_net().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter notice
+        torch.onnx.export(
+            model,
+            (torch.randn(1, 3, 16, 16),),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}},
+        )
+    return path
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def test_summarize_matches_hand_computed_percentiles():
+    # 1..100 ms; numpy "linear": rank = q/100 * (n-1), interpolate between neighbours.
+    s = speed.summarize([i / 1000 for i in range(1, 101)])
+    assert s["n"] == 100
+    assert s["latency_ms_p50"] == pytest.approx(50.5)  # rank 49.5 -> (50 + 51) / 2
+    assert s["latency_ms_p90"] == pytest.approx(90.1)  # rank 89.1 -> 90 + 0.1
+    assert s["latency_ms_p99"] == pytest.approx(99.01)  # rank 98.01 -> 99 + 0.01
+    assert s["latency_ms_mean"] == pytest.approx(50.5)
+    assert s["latency_ms_std"] == pytest.approx(math.sqrt(100 * 101 / 12))  # ddof=1
+
+
+def test_summarize_keeps_outliers_and_rejects_empty():
+    s = speed.summarize([0.001, 0.001, 0.001, 1.0])  # one 1 s outlier is not dropped
+    assert s["latency_ms_mean"] == pytest.approx((3 + 1000) / 4)
+    assert s["latency_ms_p99"] == pytest.approx(1 + 0.97 * 999)  # rank 2.97
+    assert speed.summarize([0.002])["latency_ms_std"] == 0.0
+    with pytest.raises(ValueError, match="no samples"):
+        speed.summarize([])
+
+
+def test_throughput_uses_total_time_not_median():
+    samples = [0.01, 0.01, 0.01, 0.07]  # p50 = 10 ms would claim 100 img/s per image
+    assert speed.throughput_img_s(samples, 4) == pytest.approx(4 * 4 / 0.1)
+
+
+# ----------------------------------------------------------------------------- measure
+
+
+class FakeClock:
+    """Advances `dt` seconds per read and logs reads, so loops can be checked exactly."""
+
+    def __init__(self, dt: float, log: list):
+        self.t, self.dt, self.log = 0.0, dt, log
+
+    def __call__(self) -> float:
+        self.log.append("clock")
+        self.t += self.dt
+        return self.t
+
+
+def test_measure_stops_at_min_iters_when_time_is_already_enough():
+    calls = []
+    samples = speed.measure(
+        lambda: calls.append(1),
+        warmup_iters=3,
+        min_seconds=0.5,
+        min_iters=7,
+        clock=FakeClock(1.0, []),
+    )
+    assert len(samples) == 7
+    assert len(calls) == 3 + 7  # warm-up calls are made but not returned
+    assert samples == [1.0] * 7
+
+
+def test_measure_keeps_going_until_min_seconds():
+    samples = speed.measure(
+        lambda: None, warmup_iters=0, min_seconds=10.0, min_iters=2, clock=FakeClock(0.5, [])
+    )
+    assert len(samples) == 20 and sum(samples) == pytest.approx(10.0)
+
+
+def test_measure_max_seconds_caps_the_run():
+    samples = speed.measure(
+        lambda: None,
+        warmup_iters=0,
+        min_seconds=100.0,
+        min_iters=1000,
+        max_seconds=3.0,
+        clock=FakeClock(1.0, []),
+    )
+    assert len(samples) == 3
+
+
+def test_measure_real_clock_respects_both_minimums():
+    samples = speed.measure(lambda: sum(range(100)), warmup_iters=0, min_seconds=0.02, min_iters=5)
+    assert len(samples) >= 5 and sum(samples) >= 0.02
+
+
+def test_sync_is_called_before_every_clock_read():
+    log: list[str] = []
+    speed.measure(
+        lambda: log.append("fn"),
+        sync=lambda: log.append("sync"),
+        warmup_iters=2,
+        min_seconds=0.0,
+        min_iters=4,
+        clock=FakeClock(1.0, log),
+    )
+    reads = [i for i, e in enumerate(log) if e == "clock"]
+    assert len(reads) == 4 + 1  # start stamp + one per sample
+    assert all(log[i - 1] == "sync" for i in reads)
+    # and every timed fn call is followed by a sync before its end stamp
+    assert log[:3] == ["fn", "fn", "sync"]
+
+
+# ----------------------------------------------------------------------------- sizes
+
+
+def test_count_params_and_gflops():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert speed.count_params(conv) == 8 * 3 * 9
+    # FLOPs = 2 x MACs: 2 * (8 out ch * 16*16 px * 3*3*3 kernel MACs)
+    assert speed.count_gflops(conv, 16) == pytest.approx(2 * 8 * 256 * 27 / 1e9)
+    conv.train()
+    speed.count_gflops(conv, 16)
+    assert conv.training  # mode restored
+
+
+def test_file_size_mb(tmp_path):
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"x" * 2_500_000)
+    assert speed.file_size_mb(p) == pytest.approx(2.5)
+
+
+# ----------------------------------------------------------------------------- torch
+
+
+def test_torch_inference_row():
+    model = tiny_net().train()
+    row = speed.torch_inference(model, image_size=16, batch_size=2, threads=1, **FAST)
+    assert ROW_KEYS <= row.keys()
+    assert row["runtime"] == "torch" and row["provider"] == "cpu"
+    assert row["precision"] == "fp32" and row["batch_size"] == 2 and row["threads"] == 1
+    assert row["n"] >= 3 and row["latency_ms_p50"] > 0 and row["throughput_img_s"] > 0
+    assert model.training  # the caller's mode comes back
+    c = row["cpu_contention_pct"]  # Linux PSI share of the run spent waiting for a CPU
+    assert c is None or 0.0 <= c <= 100.0
+
+
+def test_torch_inference_channels_last_bf16_and_thread_restore():
+    before = torch.get_num_threads()
+    model = tiny_net()
+    row = speed.torch_inference(
+        model, image_size=16, precision="bf16", channels_last=True, threads=1, **FAST
+    )
+    assert row["precision"] == "bf16" and row["channels_last"] is True
+    assert torch.get_num_threads() == before
+    assert model[0].weight.is_contiguous()  # memory format restored
+    with pytest.raises(ValueError, match="precision"):
+        speed.torch_inference(model, image_size=16, precision="int8", **FAST)
+
+
+# ----------------------------------------------------------------------------- OOM shrink
+
+
+def test_decay_batch_step_ladder():
+    ladder, b = [], 64
+    while b:
+        ladder.append(b)
+        b = speed.decay_batch_step(b)
+    assert ladder == [64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1]
+
+
+def test_find_max_batch_with_fake_oom():
+    tried = []
+
+    def try_batch(bs):
+        tried.append(bs)
+        if bs > 20:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    assert speed.find_max_batch(try_batch, 64) == 16
+    assert tried == [64, 48, 32, 24, 16]
+
+    def runtime_oom(bs):
+        if bs > 5:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried... out of memory")
+
+    assert speed.find_max_batch(runtime_oom, 8) == 4
+
+
+def test_find_max_batch_reraises_other_errors_and_gives_up_below_min():
+    def broken(bs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    with pytest.raises(RuntimeError, match="illegal"):
+        speed.find_max_batch(broken, 8)
+
+    def always_oom(bs):
+        raise torch.cuda.OutOfMemoryError("out of memory")
+
+    with pytest.raises(RuntimeError, match="every batch size"):
+        speed.find_max_batch(always_oom, 8, min_batch=2)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_training_compute_throughput_leaves_model_optimizer_and_rng_untouched():
+    model = tiny_net().eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 6, (4,))
+    # give the optimizer some state first, like a caller mid-training
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    momentum = {id(p): opt.state[p]["momentum_buffer"].clone() for p in model.parameters()}
+    grads = {id(p): p.grad.clone() for p in model.parameters()}
+    rng = torch.get_rng_state()
+
+    img_s = speed.training_compute_throughput(
+        model, opt, nn.functional.cross_entropy, x, y, warmup_iters=1, min_seconds=0.0, min_iters=3
+    )
+
+    assert img_s > 0
+    assert not model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, params[k]), k
+    for p in model.parameters():
+        assert torch.equal(opt.state[p]["momentum_buffer"], momentum[id(p)])
+        assert torch.equal(p.grad, grads[id(p)])
+    assert opt.param_groups[0]["params"][0] is next(model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_pipeline_efficiency():
+    assert speed.pipeline_efficiency(50.0, 200.0) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        speed.pipeline_efficiency(50.0, 0.0)
+
+
+# ----------------------------------------------------------------------------- onnxruntime
+
+
+def test_ort_row_records_provider_and_threads(tiny_onnx):
+    row = speed.ort_inference(tiny_onnx, image_size=16, batch_size=3, threads=1, **FAST)
+    assert ROW_KEYS <= row.keys()
+    assert row["runtime"] == "onnxruntime"
+    assert row["provider"] == "cpu" and row["threads"] == 1 and row["batch_size"] == 3
+
+
+def test_ort_threads_default_to_torch_threads(tiny_onnx):
+    row = speed.ort_inference(tiny_onnx, image_size=16, **FAST)
+    assert row["threads"] == torch.get_num_threads()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU fallback")
+def test_gpu_provider_fallback_is_never_labelled_gpu(tiny_onnx):
+    from exports.runtime import ProviderUnavailableError
+
+    with pytest.raises(ProviderUnavailableError):
+        speed.ort_inference(tiny_onnx, image_size=16, provider="cuda", strict=True, **FAST)
+    row = speed.ort_inference(tiny_onnx, image_size=16, provider="cuda", strict=False, **FAST)
+    assert row["provider"] == "cpu" and row["requested_provider"] == "cuda"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU fallback")
+def test_speed_rows_skip_unconfirmed_gpu_providers(tiny_onnx):
+    notes: list[str] = []
+    rows = speed.speed_rows_for_model(
+        tiny_net(),
+        name="tiny",
+        image_size=16,
+        onnx_path=tiny_onnx,
+        batch_sizes=(1, 2),
+        providers=("cuda", "tensorrt"),
+        threads=1,
+        repeats=3,
+        notes=notes,
+        **FAST,
+    )
+    assert {(r["runtime"], r["provider"], r["batch_size"]) for r in rows} == {
+        ("torch", "cpu", 1),
+        ("torch", "cpu", 2),
+        ("onnxruntime", "cpu", 1),  # CPU is always measured
+        ("onnxruntime", "cpu", 2),
+    }
+    assert all(r["model"] == "tiny" and r["threads"] == 1 for r in rows)
+    assert all(r["repeats"] == 3 and r["p50_spread_pct"] >= 0 for r in rows)
+    assert len(notes) == 2 and "cuda" in notes[0] and "tensorrt" in notes[1]
+
+    ratios = speed.speedup(rows, throughput_batch=2)
+    assert len(ratios) == 1 and ratios[0]["model"] == "tiny"
+    r = ratios[0]
+    assert r["latency_speedup_b1"] == pytest.approx(
+        r["torch_cpu_latency_ms_p50_b1"] / r["ort_cpu_latency_ms_p50_b1"]
+    )
+    assert r["throughput_ratio_b2"] > 0
+
+
+def test_speedup_missing_side_is_none():
+    rows = [
+        {"model": "m", "runtime": "torch", "provider": "cpu", "precision": "fp32",
+         "batch_size": 1, "latency_ms_p50": 10.0, "throughput_img_s": 100.0},
+    ]  # fmt: skip
+    (r,) = speed.speedup(rows)
+    assert r["torch_cpu_latency_ms_p50_b1"] == 10.0
+    assert r["latency_speedup_b1"] is None and r["throughput_ratio_b32"] is None
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def test_environment_has_the_essentials():
+    env = speed.environment()
+    for key in ("torch", "torchvision", "onnxruntime", "onnx", "numpy", "python", "platform"):
+        assert env[key], key
+    assert env["torch_threads"] == torch.get_num_threads()
+    assert "CPUExecutionProvider" in env["ort_available_providers"]
+    assert isinstance(env["cpu"], str) and env["cpu"]
+
+
+# ----------------------------------------------------------------------------- Pareto + plot
+
+
+def test_pareto_front_hand_made():
+    pts = [
+        (10.0, 0.90),  # 0 front (fastest)
+        (20.0, 0.95),  # 1 front
+        (25.0, 0.94),  # 2 dominated by 1
+        (40.0, 0.99),  # 3 front
+        (40.0, 0.98),  # 4 same latency, lower accuracy -> dominated by 3
+        (20.0, 0.95),  # 5 exact duplicate of 1 -> also on the front
+        (5.0, float("nan")),  # 6 no accuracy -> never on the front
+        (50.0, 0.99),  # 7 same accuracy, slower -> dominated by 3
+    ]
+    assert speed.pareto_front(pts) == [0, 1, 5, 3]
+    assert speed.pareto_front([]) == []
+    assert speed.pareto_front([(1.0, 0.5)]) == [0]
+
+
+def test_plot_is_a_valid_png(tmp_path):
+    from PIL import Image
+
+    rows = [
+        {"model": "resnet50", "runtime": "torch", "provider": "cpu", "latency_ms_p50": 80.0,
+         "val_accuracy": 0.99},
+        {"model": "resnet50", "runtime": "onnxruntime", "provider": "cpu", "latency_ms_p50": 40.0,
+         "val_accuracy": 0.99},
+        {"model": "shufflenet_v2_x1_0", "runtime": "onnxruntime", "provider": "cpu",
+         "latency_ms_p50": 2.0, "val_accuracy": 0.97},
+        {"model": "vgg16_bn", "runtime": "torch", "provider": "cuda", "precision": "fp16",
+         "latency_ms_p50": 3.0, "val_accuracy": 0.96},
+    ]  # fmt: skip
+    out = speed.plot_accuracy_vs_latency(rows, tmp_path / "plots" / "acc_vs_latency.png")
+    assert out == tmp_path / "plots" / "acc_vs_latency.png"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(out) as im:
+        im.verify()
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 400
+    assert [p.name for p in out.parent.iterdir()] == ["acc_vs_latency.png"]  # no temp left
+
+    with pytest.raises(ValueError, match="duplicated"):
+        speed.plot_accuracy_vs_latency(rows + rows[:1], tmp_path / "dup.png")
+    assert not (tmp_path / "dup.png").exists()
+
+
+def test_summarize_agrees_with_numpy_on_random_samples():
+    x = np.random.default_rng(0).exponential(0.01, 257)
+    s = speed.summarize(x.tolist())
+    assert s["latency_ms_p90"] == pytest.approx(np.percentile(x * 1e3, 90))
