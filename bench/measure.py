@@ -37,6 +37,7 @@ def _timing(opts) -> dict:
 def measure_torch(results: dict, out: Path, ctx, opts, reporter) -> list[dict]:
     rows = []
     for name, row in best_rows(results).items():
+        rows.append(training_row(row, ctx))
         ckpt = out / row["checkpoint"]
         results["models"][name]["checkpoint_size_mb"] = speed.file_size_mb(ckpt)
         model, _ = load_checkpoint(ckpt)
@@ -55,6 +56,24 @@ def measure_torch(results: dict, out: Path, ctx, opts, reporter) -> list[dict]:
             rows.append({"model": name, "runtime": "torch", "error": f"{type(e).__name__}: {e}"})
         del model
     return rows
+
+
+def training_row(row: dict, ctx) -> dict:
+    """The training speed of one model (its best seed), in the same list as inference."""
+    return {
+        "model": row["model"],
+        "phase": "train",
+        "runtime": "torch",
+        "provider": ctx.device.type,
+        "precision": str(ctx.amp_dtype).removeprefix("torch.") if ctx.amp_dtype else "fp32",
+        "batch_size": ctx.recipe.batch_size,
+        "image_size": ctx.recipe.image_size,
+        "threads": torch.get_num_threads(),
+        "train_img_s": row["train_img_s"],
+        "compute_img_s": row["compute_img_s"],
+        "pipeline_efficiency": row["pipeline_efficiency"],
+        "train_img_s_includes_first_epoch": row["train_img_s_includes_first_epoch"],
+    }
 
 
 def _batch1_latency(rows: list[dict], name: str, runtime: str = "torch") -> float | None:

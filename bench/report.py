@@ -133,12 +133,15 @@ def summary_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         "GFLOPs",
         "val acc [95% CI]",
         "macro-F1",
+        "ckpt MB",
+        "ONNX MB",
         "train time",
         "train img/s",
         "pipeline eff.",
         "seeds",
     ]
     body = []
+    info = results.get("models", {})
     for s in summarize_models(results["rows"]):
         body.append(
             [
@@ -148,6 +151,8 @@ def summary_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
                 _num(s["gflops"], ".2f"),
                 _acc_cell(s),
                 _num(s["macro_f1_mean"], ".4f"),
+                _num(info.get(s["model"], {}).get("checkpoint_size_mb"), ".1f"),
+                _num(info.get(s["model"], {}).get("onnx_size_mb"), ".1f"),
                 "-" if s["train_seconds_mean"] is None else f"{s['train_seconds_mean']:.0f} s",
                 _num(s.get("train_img_s_mean"), ".1f"),
                 _num(s.get("pipeline_efficiency_mean"), ".2f"),
@@ -173,6 +178,8 @@ def speed_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     ]
     body = []
     for r in results.get("speed", []):
+        if r.get("phase") == "train":
+            continue
         if "error" in r:
             body.append([r["model"], r.get("runtime", "?"), "error: " + r["error"]] + [""] * 8)
             continue
@@ -192,6 +199,35 @@ def speed_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
                 str(r["n"]),
             ]
         )
+    return head, body
+
+
+def training_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    head = [
+        "model",
+        "device",
+        "precision",
+        "batch",
+        "threads",
+        "train img/s (epochs 2+)",
+        "compute-only img/s",
+        "pipeline efficiency",
+    ]
+    body = [
+        [
+            r["model"],
+            r["provider"],
+            r["precision"],
+            str(r["batch_size"]),
+            str(r["threads"]),
+            _num(r["train_img_s"], ".1f")
+            + (" (epoch 1)" if r["train_img_s_includes_first_epoch"] else ""),
+            _num(r["compute_img_s"], ".1f"),
+            _num(r["pipeline_efficiency"], ".2f"),
+        ]
+        for r in results.get("speed", [])
+        if r.get("phase") == "train"
+    ]
     return head, body
 
 
@@ -318,6 +354,15 @@ def markdown(results: dict) -> str:
             "then at least the configured seconds and iterations; percentiles over all samples.",
             _md_table(*speed_table_rows(results)),
         ]
+        train_head, train_body = training_table_rows(results)
+        if train_body:
+            parts += [
+                "### Training",
+                "Pipeline efficiency = real training img/s / compute-only img/s (forward, "
+                "backward and step on a batch already in memory); below ~0.9 the data path "
+                "starves the model.",
+                _md_table(train_head, train_body),
+            ]
         if results.get("speed_ratios"):
             parts += [
                 "### ONNX Runtime vs PyTorch (CPU, same threads)",
@@ -394,6 +439,7 @@ def print_tables(results: dict, console) -> None:
     label = " (QUICK preset: a first look, not a benchmark)" if results.get("quick") else ""
     if results.get("rows"):
         show("accuracy" + label, *summary_table_rows(results))
-    show("speed" + label, *speed_table_rows(results))
+    show("inference speed" + label, *speed_table_rows(results))
+    show("training speed" + label, *training_table_rows(results))
     show("ONNX Runtime vs PyTorch", *ratio_table_rows(results))
     show("ONNX exports and parity" + label, *exports_table_rows(results))

@@ -810,11 +810,20 @@ def plot_accuracy_vs_latency(
         zorder=3,
         label="Pareto front",
     )
+    # Points at the same accuracy (common on small validation sets) get their labels
+    # stacked instead of printed on top of each other.
+    seen: dict[float, int] = {}
     for lab, x, y in zip(labels, lats, accs, strict=True):
-        ax.annotate(lab, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+        k = seen[round(y, 6)] = seen.get(round(y, 6), -1) + 1
+        ax.annotate(lab, (x, y), xytext=(4, 4 + 9 * k), textcoords="offset points", fontsize=7)
     # Latencies across runtimes and GPUs/CPUs easily span 10x-100x: log scale keeps them apart.
     if min(lats) > 0 and max(lats) / min(lats) > 20:
+        from matplotlib.ticker import LogFormatter
+
         ax.set_xscale("log")
+        # Plain numbers (2, 5, 20 ms), not 2x10^1 mathtext.
+        ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.set_xlabel("latency p50 (ms, lower is better)")
     ax.set_ylabel("validation accuracy (%, higher is better)")
     ax.set_title(title or "NEU-CLS: accuracy vs latency (batch 1)")

@@ -184,6 +184,7 @@ def train_one(
         history, best, start_epoch = state["history"], state["best"], state["epoch"]
         reporter.log(f"{name} seed {seed}: resuming after epoch {start_epoch} ({last_path})")
 
+    fmt = torch.channels_last if r.channels_last else torch.contiguous_format
     n_train = len(ctx.train_idx)
     # A last batch of one sample breaks BatchNorm in training mode: drop only that case.
     n_batches = n_train // r.batch_size + (1 if n_train % r.batch_size > 1 else 0)
@@ -208,9 +209,8 @@ def train_one(
                 generator=gen,
                 scale=(r.crop_scale_min, 1.0),
                 hflip=r.hflip,
+                memory_format=fmt,
             )
-            if r.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             y = ctx.labels.index_select(0, idx)
             with ctx.autocast():
                 loss = loss_fn(model(x), y)
@@ -335,21 +335,21 @@ def _final_metrics(name, seed, ctx: Context, folder, model, opt, loss_fn, histor
         mean=ctx.split.mean,
         std=ctx.split.std,
         generator=gen,
+        memory_format=torch.channels_last if r.channels_last else torch.contiguous_format,
     )
-    if r.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     model.train()
-    with ctx.autocast():
-        compute_img_s = speed.training_compute_throughput(
-            model,
-            opt,
-            loss_fn,
-            x,
-            ctx.labels.index_select(0, idx),
-            sync=ctx.sync,
-            min_seconds=ctx.speed_min_seconds,
-            min_iters=max(3, min(ctx.speed_min_iters, 10)),
-        )
+    compute_img_s = speed.training_compute_throughput(
+        model,
+        opt,
+        loss_fn,
+        x,
+        ctx.labels.index_select(0, idx),
+        sync=ctx.sync,
+        precision={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(ctx.amp_dtype, "fp32"),
+        min_seconds=ctx.speed_min_seconds,
+        min_iters=ctx.speed_min_iters,
+        max_seconds=30.0,  # VGG on a CPU: a few 10 s steps are enough
+    )
     model.eval()
     train_img_s, includes_first = _steady_train_img_s(history)
     lo, hi = M.clopper_pearson(correct, len(labels))

@@ -96,9 +96,13 @@ def train_batch(
     scale=(0.08, 1.0),
     ratio=(3 / 4, 4 / 3),
     hflip: bool = True,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
     """uint8 (B, C, S, S) -> float32 (B, 3, image_size, image_size): random resized crop +
     random horizontal flip for every image in one grid_sample, then normalize.
+
+    memory_format=torch.channels_last writes the result straight in that layout, saving the
+    copy a channels_last model would otherwise make of every batch.
 
     The sampling grid is exactly affine_grid's for the per-sample crop/flip affine (see
     crop_grid); bilinear without antialiasing, like grid_sample always is."""
@@ -125,7 +129,8 @@ def train_batch(
     )
     # (x / 255 - mean) / std as one multiply-add that also broadcasts gray to 3 channels.
     m, s = _norm_tensors(mean, std, x.device)
-    return torch.addcmul(-m / s, x, 1.0 / (255.0 * s))
+    out = torch.empty((b, 3, image_size, image_size), device=x.device, memory_format=memory_format)
+    return torch.addcmul(-m / s, x, 1.0 / (255.0 * s), out=out)
 
 
 def crop_grid(sx, sy, cx, cy, size: int, *, device=None) -> torch.Tensor:
@@ -140,9 +145,11 @@ def crop_grid(sx, sy, cx, cy, size: int, *, device=None) -> torch.Tensor:
     ramp = (torch.arange(size, dtype=torch.float64) * 2 + 1) / size - 1  # pixel centers
     gx = (sx[:, None] * ramp[None] + cx[:, None]).to(device=device, dtype=torch.float32)
     gy = (sy[:, None] * ramp[None] + cy[:, None]).to(device=device, dtype=torch.float32)
-    return torch.stack(
-        [gx[:, None, :].expand(b, size, size), gy[:, :, None].expand(b, size, size)], dim=-1
-    )
+    # Two broadcast writes into one buffer: cheaper than stacking two expanded views.
+    grid = torch.empty((b, size, size, 2), dtype=torch.float32, device=device)
+    grid[..., 0] = gx[:, None, :]
+    grid[..., 1] = gy[:, :, None]
+    return grid
 
 
 def eval_batch(u8: torch.Tensor, *, image_size: int, mean, std) -> torch.Tensor:

@@ -1,0 +1,95 @@
+"""The command lines a user types, end to end on small inputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import main
+from tests.conftest import make_neu_flat
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_list_shows_registry_with_params_and_gflops(capsys):
+    assert main(["list", "--image-size", "32"]) == 0
+    out = capsys.readouterr().out
+    for name in ("resnet50", "vgg16_bn", "densenet121", "shufflenet_v2_x1_0"):
+        assert name in out
+    assert "GFLOPs at 32 px" in out
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
+    code = main(["run", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    out = capsys.readouterr().out
+    assert str(tmp_path / "nope") in out
+
+
+def test_quick_run_is_labelled_and_exports_with_parity(tmp_path, capsys):
+    data = make_neu_flat(tmp_path / "NEU-CLS", per_class=8, size=(40, 40))
+    out = tmp_path / "run"
+    argv = [
+        "run", "--quick", "--models", "shufflenet_v2_x0_5", "--data", str(data),
+        "--out", str(out), "--weights", "none", "--image-size", "32", "--epochs", "1",
+        "--speed-min-seconds", "0", "--speed-min-iters", "3", "--export", "best",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "QUICK" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["quick"] is True and results["recipe"]["limit_per_class"] == 20
+    assert "QUICK PRESET" in (out / "report.md").read_text()
+    (exp,) = results["exports"]
+    for key in ("model", "path", "parity_passed", "max_abs_diff", "top1_disagreements", "provider"):
+        assert key in exp
+    assert exp["parity_passed"] and exp["top1_disagreements"] == 0
+    assert exp["n_images"] == results["dataset"]["split"]["val_images"]
+    assert (out / exp["path"]).is_file()
+    kinds = {(r["runtime"], r["provider"], r["batch_size"]) for r in results["speed"]}
+    assert {("torch", "cpu", 1), ("torch", "cpu", 32), ("onnxruntime", "cpu", 1)} <= kinds
+    inference = [r for r in results["speed"] if r.get("phase") != "train"]
+    for r in inference:
+        for key in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_img_s"):
+            assert r[key] > 0
+        assert r["threads"] >= 1
+    (train,) = [r for r in results["speed"] if r.get("phase") == "train"]
+    assert train["train_img_s"] > 0 and train["pipeline_efficiency"] > 0
+    assert (out / "accuracy_vs_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "accuracy_vs_latency.png" in (out / "report.md").read_text()
+
+    # The exported model, run by the torch-free runtime, agrees with the run's evaluation.
+    val = [i["file"] for i in json.loads((out / "split.json").read_text())["items"]
+           if i["split"] == "val"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "exports", "predict", str(out / exp["path"]), "--json"]
+        + [str(data / f) for f in val],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    preds = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(preds) == len(val) and all("class" in p for p in preds)
+    metrics = json.loads((out / "shufflenet_v2_x0_5" / "seed0" / "metrics.json").read_text())
+    wrong = {m["file"]: m["predicted"] for m in metrics["misclassified"]}
+    truth = {f: i["class"] for i in json.loads((out / "split.json").read_text())["items"]
+             for f in [i["file"]]}  # fmt: skip
+    for p in preds:
+        name = Path(p["file"]).name
+        assert p["class"] == wrong.get(name, truth[name])
+
+
+@pytest.mark.slow
+def test_bench_speed_writes_results_with_both_runtimes(tmp_path, capsys):
+    argv = [
+        "speed", "--models", "shufflenet_v2_x0_5", "--image-size", "32", "--out",
+        str(tmp_path), "--speed-min-seconds", "0", "--speed-min-iters", "3",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    runtimes = {(r["runtime"], r["provider"]) for r in results["speed"]}
+    assert runtimes == {("torch", "cpu"), ("onnxruntime", "cpu")}
+    (ratio,) = results["speed_ratios"]
+    assert ratio["latency_speedup_b1"] > 0 and ratio["throughput_ratio_b32"] > 0
+    assert "ONNX Runtime vs PyTorch" in capsys.readouterr().out
