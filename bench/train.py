@@ -72,6 +72,19 @@ class Context:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def train_inputs(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        r = self.recipe
+        return train_batch(
+            self.images.index_select(0, idx),
+            image_size=r.image_size,
+            mean=self.split.mean,
+            std=self.split.std,
+            generator=generator,
+            scale=(r.crop_scale_min, 1.0),
+            hflip=r.hflip,
+            memory_format=torch.channels_last if r.channels_last else torch.contiguous_format,
+        )
+
     def eval_inputs(self, idx: torch.Tensor) -> torch.Tensor:
         r = self.recipe
         x = eval_batch(
@@ -184,7 +197,6 @@ def train_one(
         history, best, start_epoch = state["history"], state["best"], state["epoch"]
         reporter.log(f"{name} seed {seed}: resuming after epoch {start_epoch} ({last_path})")
 
-    fmt = torch.channels_last if r.channels_last else torch.contiguous_format
     n_train = len(ctx.train_idx)
     # A last batch of one sample breaks BatchNorm in training mode: drop only that case.
     n_batches = n_train // r.batch_size + (1 if n_train % r.batch_size > 1 else 0)
@@ -201,16 +213,7 @@ def train_one(
         loss_sum, seen = torch.zeros((), device=ctx.device), 0
         for b in range(n_batches):
             idx = order[b * r.batch_size : (b + 1) * r.batch_size]
-            x = train_batch(
-                ctx.images.index_select(0, idx),
-                image_size=r.image_size,
-                mean=ctx.split.mean,
-                std=ctx.split.std,
-                generator=gen,
-                scale=(r.crop_scale_min, 1.0),
-                hflip=r.hflip,
-                memory_format=fmt,
-            )
+            x = ctx.train_inputs(idx, gen)
             y = ctx.labels.index_select(0, idx)
             with ctx.autocast():
                 loss = loss_fn(model(x), y)
@@ -329,14 +332,7 @@ def _final_metrics(name, seed, ctx: Context, folder, model, opt, loss_fn, histor
     r = ctx.recipe
     gen = torch.Generator().manual_seed(_derive_seed(seed, "compute"))
     idx = ctx.train_idx[: r.batch_size]
-    x = train_batch(
-        ctx.images.index_select(0, idx),
-        image_size=r.image_size,
-        mean=ctx.split.mean,
-        std=ctx.split.std,
-        generator=gen,
-        memory_format=torch.channels_last if r.channels_last else torch.contiguous_format,
-    )
+    x = ctx.train_inputs(idx, gen)
     model.train()
     compute_img_s = speed.training_compute_throughput(
         model,

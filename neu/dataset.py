@@ -208,20 +208,6 @@ def _entries(d: Path, rel: str, ignored: list[str]) -> tuple[list[os.DirEntry], 
     return files, dirs
 
 
-def _check_file(e: os.DirEntry, relname: str, problems: list[Problem]) -> bool:
-    """True if `e` looks like an image worth decoding; else records why not."""
-    ext = os.path.splitext(e.name)[1].lower()
-    if ext not in IMAGE_EXTENSIONS:
-        problems.append(
-            Problem(relname, f"not an image file (extension {ext or 'none'!r}) in an image folder")
-        )
-        return False
-    if e.stat().st_size == 0:
-        problems.append(Problem(relname, "empty file (0 bytes)"))
-        return False
-    return True
-
-
 def _scan_flat(d: Path, rel: str, items, problems, ignored, *, det: bool) -> None:
     files, dirs = _entries(d, rel, ignored)
     for sub in dirs:
@@ -234,7 +220,7 @@ def _scan_flat(d: Path, rel: str, items, problems, ignored, *, det: bool) -> Non
         )
     for e in files:
         relname = rel + e.name
-        if not _check_file(e, relname, problems):
+        if not _check_path(e, relname, problems, where="an image folder"):
             continue
         ci = neu_class_of_file(e.name)
         if ci is None:
@@ -280,17 +266,19 @@ def _scan_class_folders(d: Path, rel: str, items, problems, ignored, split=None)
                 n_seen += 1
                 path = Path(dirpath) / name
                 relname = drel + name
-                if _check_path(path, relname, problems):
+                if _check_path(path, relname, problems, where="a class folder"):
                     items.append((relname, cdir.name, split))
         if len(items) == n_before and n_seen == 0:
             problems.append(Problem(crel, "class folder has no images (empty class)"))
 
 
-def _check_path(path: Path, relname: str, problems: list[Problem]) -> bool:
-    ext = path.suffix.lower()
+def _check_path(path, relname: str, problems: list[Problem], *, where: str) -> bool:
+    """True if `path` (a Path or os.DirEntry) looks like an image worth decoding; else
+    records why not."""
+    ext = os.path.splitext(path.name)[1].lower()
     if ext not in IMAGE_EXTENSIONS:
         problems.append(
-            Problem(relname, f"not an image file (extension {ext or 'none'!r}) in a class folder")
+            Problem(relname, f"not an image file (extension {ext or 'none'!r}) in {where}")
         )
         return False
     if path.stat().st_size == 0:
