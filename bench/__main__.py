@@ -77,6 +77,10 @@ def _run(args, console) -> int:
         # Bad flags, bad data (neu.dataset.DatasetError is a ValueError), missing weights.
         console.print(f"error: {e}", style="bold red", markup=False)
         return 2
+    except KeyboardInterrupt:
+        # Every file is written atomically and each epoch checkpointed: nothing is lost.
+        console.print("interrupted: run the same command again to resume", markup=False)
+        return 130
     print_tables(results, console)
     out = opts.out or f"runs/{results['name']}"
     console.print(f"results: {out}/results.json, report: {out}/report.md", markup=False)
