@@ -6,7 +6,6 @@ The training loop only calls the Reporter methods; it never prints.
 from __future__ import annotations
 
 import sys
-import time
 
 from rich.console import Console
 
@@ -129,6 +128,10 @@ class RichReporter(PlainReporter):
 
     def end_model(self, row):
         super().end_model(row)
+        for task in (self.epochs, self.batches):
+            if task is not None:
+                self.progress.remove_task(task)
+        self.epochs = self.batches = None
         if self.sweep is not None:
             self.progress.advance(self.sweep)
 
@@ -141,11 +144,3 @@ def make_reporter(estimate=None) -> PlainReporter:
     if console.is_terminal and not console.is_dumb_terminal:
         return RichReporter(console, estimate)
     return PlainReporter(console, estimate)
-
-
-class Stopwatch:
-    def __init__(self):
-        self.t0 = time.perf_counter()
-
-    def __call__(self) -> float:
-        return time.perf_counter() - self.t0

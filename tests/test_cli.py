@@ -93,3 +93,31 @@ def test_bench_speed_writes_results_with_both_runtimes(tmp_path, capsys):
     (ratio,) = results["speed_ratios"]
     assert ratio["latency_speedup_b1"] > 0 and ratio["throughput_ratio_b32"] > 0
     assert "ONNX Runtime vs PyTorch" in capsys.readouterr().out
+
+
+def test_parity_failure_fails_the_run_and_shows_in_the_report(tmp_path, monkeypatch, capsys):
+    import exports.parity as parity
+
+    real = parity.check_parity
+
+    def broken(*args, **kwargs):
+        report = real(*args, **kwargs)
+        report.passed = False
+        report.top1_disagreements = 3
+        report.failures = ["values: 3 top-1 disagreements (simulated)"]
+        return report
+
+    monkeypatch.setattr(parity, "check_parity", broken)
+    data = make_neu_flat(tmp_path / "NEU-CLS", per_class=8, size=(40, 40))
+    argv = [
+        "run", "--models", "shufflenet_v2_x0_5", "--data", str(data), "--out",
+        str(tmp_path / "run"), "--weights", "none", "--image-size", "32", "--epochs", "1",
+        "--no-speed", "--export", "best",
+    ]  # fmt: skip
+    assert main(argv) == 1
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "failed"
+    (exp,) = results["exports"]
+    assert exp["parity_passed"] is False and exp["top1_disagreements"] == 3
+    assert "FAIL" in (tmp_path / "run" / "report.md").read_text()
+    assert "PARITY FAILED" in capsys.readouterr().out
