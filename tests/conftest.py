@@ -82,3 +82,27 @@ def make_class_folders(root: Path, counts: dict[str, int], *, size=(24, 24), ext
         for k in range(n):
             write_image(root / name / f"img_{k}{ext}", size=size, seed=5000 + 100 * ci + k)
     return root
+
+
+def export_plain_onnx(model, path: Path, image_size: int) -> Path:
+    """A bare ONNX file (no neu-bench metadata) with a dynamic batch, for speed tests.
+
+    The TorchScript exporter is used because it is fast; the product's exporter
+    (exports.export) is tested in test_export.py.
+    """
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter notice
+        torch.onnx.export(
+            model.eval(),
+            (torch.randn(1, 3, image_size, image_size),),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}},
+        )
+    return path

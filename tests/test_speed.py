@@ -6,7 +6,6 @@ Tiny conv nets at 16-32 px and min_seconds ~0 keep every test well under a secon
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from bench import speed
+from tests.conftest import export_plain_onnx
 
 ROW_KEYS = {
     "runtime",
@@ -49,19 +49,7 @@ def tiny_net(num_classes: int = 6) -> nn.Module:
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    model = tiny_net().eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter notice
-        torch.onnx.export(
-            model,
-            (torch.randn(1, 3, 16, 16),),
-            str(path),
-            dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}},
-        )
-    return path
+    return export_plain_onnx(tiny_net(), path, 16)
 
 
 # ----------------------------------------------------------------------------- statistics

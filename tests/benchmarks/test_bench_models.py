@@ -9,12 +9,12 @@ benchmark belongs to the data suite.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
 import torchvision
+
+from tests.conftest import export_plain_onnx
 
 IMAGE_SIZE = 64
 ARCHS = ("resnet50", "vgg16_bn", "densenet121", "shufflenet_v2_x1_0")
@@ -51,18 +51,7 @@ def test_torch_forward(benchmark, arch):
 @pytest.fixture(scope="module")
 def shufflenet_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench-onnx") / "shufflenet_v2_x1_0.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter notice
-        torch.onnx.export(
-            build("shufflenet_v2_x1_0"),
-            (example_input(),),
-            str(path),
-            dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}},
-        )
-    return path
+    return export_plain_onnx(build("shufflenet_v2_x1_0"), path, IMAGE_SIZE)
 
 
 @pytest.mark.benchmark(group=f"ort-run-{IMAGE_SIZE}px-b1")
