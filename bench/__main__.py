@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument("--out", help="output folder (default runs/speed-<size>px)")
     speed.add_argument("--device", default="auto", help="auto | cpu | cuda")
     speed.add_argument("--threads", type=int, help="CPU threads for torch and ONNX Runtime")
+    speed.add_argument(
+        "--ort-providers",
+        help="ONNX Runtime providers to measure, e.g. cpu,cuda,tensorrt. Default: cpu, plus "
+        "cuda and tensorrt when they really run on this machine. Named GPU providers that "
+        "fall back to CPU are an error.",
+    )
     speed.add_argument("--speed-min-seconds", type=float, default=1.0)
     speed.add_argument("--speed-min-iters", type=int, default=20)
 
@@ -91,6 +97,7 @@ def _speed(args, console) -> int:
     from bench.measure import speed_command
     from bench.report import print_tables
     from bench.ui import make_reporter
+    from exports.runtime import ProviderUnavailableError
 
     opts = RunOptions(
         models=args.models,
@@ -108,8 +115,9 @@ def _speed(args, console) -> int:
             checkpoint=args.checkpoint,
             num_classes=args.num_classes,
             reporter=reporter,
+            ort_providers=args.ort_providers,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ProviderUnavailableError) as e:
         console.print(f"error: {e}", style="bold red", markup=False)
         return 2
     finally:

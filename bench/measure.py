@@ -217,9 +217,18 @@ def _plot(results: dict, out: Path) -> None:
         results["plot"] = "accuracy_vs_latency.png"
 
 
-def speed_command(opts, *, image_size: int, checkpoint: str | None, num_classes: int, reporter):
-    """`bench speed`: measure without training. Returns the results dict."""
+def speed_command(
+    opts,
+    *,
+    image_size: int,
+    checkpoint: str | None,
+    num_classes: int,
+    reporter,
+    ort_providers: str | None = None,
+):
+    """`bench speed`: measure without training. Returns (results, out folder)."""
     from exports.export import build_metadata, export_onnx
+    from exports.runtime import PROVIDERS, create_session
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -227,6 +236,14 @@ def speed_command(opts, *, image_size: int, checkpoint: str | None, num_classes:
 
     device = pick_device(opts.device)
     names = resolve_models(opts.models)
+    explicit = [p.strip() for p in (ort_providers or "").split(",") if p.strip()]
+    unknown = [p for p in explicit if p not in PROVIDERS]
+    if unknown:
+        raise ValueError(f"--ort-providers {unknown}: choose from {', '.join(PROVIDERS)}")
+    if explicit:
+        providers = tuple(explicit)
+    else:
+        providers = ("cpu", "cuda", "tensorrt") if device.type == "cuda" else ("cpu",)
     out = Path(opts.out or Path("runs") / f"speed-{image_size}px")
     results = {
         "schema_version": 1,
@@ -275,6 +292,9 @@ def speed_command(opts, *, image_size: int, checkpoint: str | None, num_classes:
             ),
         )
         info["onnx_size_mb"] = speed.file_size_mb(onnx_path)
+        for provider in explicit:
+            # Asked for by name: a silent fallback to CPU would mislabel every number.
+            create_session(onnx_path, provider=provider, threads=opts.threads, strict=True)
         reporter.log(f"[{name}] measuring torch and onnxruntime on {device}")
         notes: list[str] = []
         results["speed"] += speed.speed_rows_for_model(
@@ -284,7 +304,7 @@ def speed_command(opts, *, image_size: int, checkpoint: str | None, num_classes:
             onnx_path=onnx_path,
             device=device,
             batch_sizes=BATCH_SIZES,
-            providers=("cpu", "cuda", "tensorrt") if device.type == "cuda" else ("cpu",),
+            providers=providers,
             threads=opts.threads,
             notes=notes,
             **_timing(opts),

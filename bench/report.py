@@ -340,13 +340,42 @@ def markdown(results: dict) -> str:
                 ROW_COLUMNS, [[_cell(r.get(c)) for c in ROW_COLUMNS] for r in results["rows"]]
             ),
         ]
-    for name, cm in results.get("confusion_matrices", {}).items():
+    for name, ev in results.get("evaluation", {}).items():
         classes = results["dataset"]["classes"]
         head = ["true \\ predicted", *classes]
-        parts += [
-            f"### Confusion matrix: {name}",
-            _md_table(head, [[c, *map(str, row)] for c, row in zip(classes, cm, strict=False)]),
+        cm_rows = [
+            [c, *map(str, row)] for c, row in zip(classes, ev["confusion_matrix"], strict=False)
         ]
+        pc_rows = [
+            [
+                p["class"],
+                f"{p['precision']:.3f}",
+                f"{p['recall']:.3f}",
+                f"{p['f1']:.3f}",
+                str(p["support"]),
+            ]
+            for p in ev["per_class"]
+        ]
+        parts += [
+            f"### Confusion matrix and per-class scores: {name}",
+            _md_table(head, cm_rows),
+            _md_table(["class", "precision", "recall", "F1", "support"], pc_rows),
+        ]
+        if ev["misclassified_count"]:
+            shown = ev["misclassified"]
+            parts.append(
+                f"Misclassified: {ev['misclassified_count']} (first {len(shown)} below; all in "
+                f"`{ev['metrics_file']}`)"
+            )
+            parts.append(
+                _md_table(
+                    ["file", "true", "predicted", "confidence"],
+                    [
+                        [m["file"], m["true"], m["predicted"], f"{m['confidence']:.3f}"]
+                        for m in shown
+                    ],
+                )
+            )
     if results.get("speed"):
         parts += [
             "## Speed",
@@ -400,7 +429,7 @@ def write_outputs(out: Path, results: dict, *, final: bool = False) -> None:
     out = Path(out)
     if final and results.get("rows"):
         results["summary"] = summarize_models(results["rows"])
-        results["confusion_matrices"] = _confusion_matrices(out, results)
+        results["evaluation"] = _evaluations(out, results)
     atomic_write_json(out / "results.json", results)
     if results.get("rows"):
         atomic_write_text(out / "results.csv", csv_text(results["rows"], ROW_COLUMNS))
@@ -409,18 +438,26 @@ def write_outputs(out: Path, results: dict, *, final: bool = False) -> None:
     atomic_write_text(out / "report.md", markdown(results))
 
 
-def _confusion_matrices(out: Path, results: dict) -> dict:
+MISCLASSIFIED_SHOWN = 20
+
+
+def _evaluations(out: Path, results: dict) -> dict:
+    """Per model and seed: confusion matrix, per-class scores, the misclassified files."""
     import json
 
-    cms = {}
+    evals = {}
     for r in results["rows"]:
-        if r["status"] == "ok":
-            path = out / r["model"] / f"seed{r['seed']}" / "metrics.json"
-            if path.exists():
-                cms[f"{r['model']} seed {r['seed']}"] = json.loads(path.read_text())[
-                    "confusion_matrix"
-                ]
-    return cms
+        path = out / r["model"] / f"seed{r['seed']}" / "metrics.json"
+        if r["status"] == "ok" and path.exists():
+            m = json.loads(path.read_text())
+            evals[f"{r['model']} seed {r['seed']}"] = {
+                "confusion_matrix": m["confusion_matrix"],
+                "per_class": m["per_class"],
+                "misclassified_count": len(m["misclassified"]),
+                "misclassified": m["misclassified"][:MISCLASSIFIED_SHOWN],
+                "metrics_file": str(path.relative_to(out)),
+            }
+    return evals
 
 
 def print_tables(results: dict, console) -> None:

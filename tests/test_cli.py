@@ -121,3 +121,19 @@ def test_parity_failure_fails_the_run_and_shows_in_the_report(tmp_path, monkeypa
     assert exp["parity_passed"] is False and exp["top1_disagreements"] == 3
     assert "FAIL" in (tmp_path / "run" / "report.md").read_text()
     assert "PARITY FAILED" in capsys.readouterr().out
+
+
+def test_bench_speed_refuses_a_gpu_provider_that_falls_back(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the fallback cannot be provoked")
+    argv = [
+        "speed", "--models", "shufflenet_v2_x0_5", "--image-size", "32", "--out",
+        str(tmp_path), "--ort-providers", "cpu,cuda",
+    ]  # fmt: skip
+    assert main(argv) == 2
+    out = capsys.readouterr().out
+    assert "cuda" in out.lower() and "CPUExecutionProvider" in out
+    assert main(["speed", "--ort-providers", "gpu", "--out", str(tmp_path)]) == 2
+    assert "choose from" in capsys.readouterr().out

@@ -79,6 +79,9 @@ def test_run_writes_every_output(finished):
         assert next(csv.DictReader(f))["model"] == MODEL
     report = (out / "report.md").read_text()
     assert "Confusion matrix" in report and "Clopper-Pearson" in report
+    assert "| class | precision | recall | F1 | support |" in report
+    if row["val_correct"] < row["val_images"]:
+        assert metrics["misclassified"][0]["file"] in report
 
 
 def test_scheduler_steps_once_per_epoch(finished):
