@@ -109,9 +109,8 @@ def select_exports(results: dict, how: str) -> tuple[list[str], str]:
     best = max(ok, key=lambda n: (acc[n], -(lat[n] or 0)))
     if how == "best" or any(v is None for v in lat.values()):
         return [best], "best"
-    names = [n for n in ok]
-    front = speed.pareto_front([(lat[n], acc[n]) for n in names])
-    chosen = [best] + [names[i] for i in front if names[i] != best]
+    front = speed.pareto_front([(lat[n], acc[n]) for n in ok])
+    chosen = [best] + [ok[i] for i in front if ok[i] != best]
     return chosen, "pareto"
 
 
@@ -178,27 +177,22 @@ def export_and_verify(results: dict, out: Path, ctx, opts, reporter) -> None:
 
 
 def _ort_rows(name, path, ctx, opts, reporter) -> list[dict]:
-    from exports.runtime import create_session
-
-    rows = []
-    providers = ["cpu"] + (["cuda", "tensorrt"] if ctx.device.type == "cuda" else [])
-    for provider in providers:
-        try:
-            create_session(path, provider=provider, threads=opts.threads, strict=True)
-        except Exception as e:  # GPU provider not really usable: say so, never mislabel
-            reporter.log(f"[{name}] onnxruntime {provider}: not in use ({e})")
-            continue
-        for bs in BATCH_SIZES:
-            r = speed.ort_inference(
-                path,
-                image_size=ctx.recipe.image_size,
-                provider=provider,
-                batch_size=bs,
-                threads=opts.threads,
-                **_timing(opts),
-            )
-            rows.append({"model": name, **r, "max_batch": False})
-    return rows
+    notes: list[str] = []
+    providers = ("cpu", "cuda", "tensorrt") if ctx.device.type == "cuda" else ("cpu",)
+    threads = opts.threads or torch.get_num_threads()
+    sessions = speed.confirmed_ort_sessions(
+        path, name=name, providers=providers, threads=threads, notes=notes
+    )
+    for note in notes:  # GPU provider not really usable: say so, never mislabel
+        reporter.log(note)
+    return speed.ort_session_rows(
+        sessions,
+        name=name,
+        image_size=ctx.recipe.image_size,
+        batch_sizes=BATCH_SIZES,
+        threads=threads,
+        **_timing(opts),
+    )
 
 
 def _plot(results: dict, out: Path) -> None:

@@ -173,6 +173,7 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
             "first batches."
         )
 
+    env = speed.environment()
     results = {
         "schema_version": SCHEMA_VERSION,
         "name": name,
@@ -181,7 +182,7 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
         "recipe": to_dict(recipe),
         "run": to_dict(opts),
         "recipe_hash": fingerprint,
-        "environment": {**speed.environment(), "device": _device_name(device)},
+        "environment": {**env, "device": _device_name(device, env)},
         "dataset": dataset_record(ds, split),
         "weights": weights,
         "models": model_info,
@@ -247,12 +248,10 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
     return results, 1 if failed or parity_failed else 0
 
 
-def _device_name(device: torch.device) -> str:
+def _device_name(device: torch.device, env: dict) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from bench.speed import environment
-
-    return environment().get("cpu") or "cpu"
+    return env.get("cpu") or "cpu"
 
 
 def _estimator(model_info: dict, names: list[str], seeds: list[int]):

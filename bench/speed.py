@@ -481,6 +481,79 @@ def _ort_row(
 # ----------------------------------------------------------------------------- per model
 
 
+def confirmed_ort_sessions(
+    onnx_path: str | Path,
+    *,
+    name: str,
+    providers: Sequence[str],
+    threads: int | None,
+    notes: list[str],
+) -> list[tuple[str, object]]:
+    """(provider, session) for CPU and every GPU provider the created session confirms.
+
+    CPU is always included (strictly: it is the baseline every other row is compared with).
+    A GPU provider that errors or silently falls back is skipped with a sentence in `notes`,
+    so CPU numbers are never labelled as GPU.
+    """
+    from exports.runtime import create_session
+
+    sessions = []
+    for provider in ["cpu", *(p for p in providers if p != "cpu")]:
+        strict = provider == "cpu"
+        try:
+            session, _ = create_session(
+                onnx_path, provider=provider, threads=threads, strict=strict
+            )
+        except Exception as e:
+            if strict:
+                raise
+            notes.append(f"{name}: onnxruntime {provider} skipped: {e}")
+            continue
+        actual = ort_provider_in_use(session)
+        if actual != provider:
+            notes.append(
+                f"{name}: onnxruntime {provider} skipped: the session fell back to "
+                f"{actual} (session providers: {session.get_providers()})"
+            )
+            continue
+        sessions.append((provider, session))
+    return sessions
+
+
+def ort_session_rows(
+    sessions: Sequence[tuple[str, object]],
+    *,
+    name: str,
+    image_size: int,
+    batch_sizes: Sequence[int],
+    threads: int,
+    warmup_iters: int = 5,
+    min_seconds: float = 1.0,
+    min_iters: int = 20,
+    max_seconds: float | None = None,
+) -> list[dict]:
+    """One ONNX Runtime row per (confirmed session, batch size), tagged with `model`."""
+    timing = dict(
+        warmup_iters=warmup_iters,
+        min_seconds=min_seconds,
+        min_iters=min_iters,
+        max_seconds=max_seconds,
+    )
+    rows = []
+    for provider, session in sessions:
+        for bs in batch_sizes:
+            row = _ort_row(
+                session,
+                requested_provider=provider,
+                threads=threads,
+                image_size=image_size,
+                batch_size=bs,
+                **timing,
+            )
+            rows.append({"model": name, **row, "max_batch": False})
+    return rows
+
+
 def speed_rows_for_model(
     model: torch.nn.Module,
     *,
@@ -559,30 +632,13 @@ def speed_rows_for_model(
 
     # One session per confirmed provider, reused across batch sizes and repeats (a TensorRT
     # engine build takes minutes; it happens in the first warm-up).
-    sessions = []
-    if onnx_path is not None:
-        from exports.runtime import create_session
-
-        # CPU is always measured: it is the baseline every other row is compared with.
-        for provider in ["cpu", *(p for p in providers if p != "cpu")]:
-            strict = provider == "cpu"
-            try:
-                session, _ = create_session(
-                    onnx_path, provider=provider, threads=threads, strict=strict
-                )
-            except Exception as e:
-                if strict:
-                    raise
-                notes.append(f"{name}: onnxruntime {provider} skipped: {e}")
-                continue
-            actual = ort_provider_in_use(session)
-            if actual != provider:
-                notes.append(
-                    f"{name}: onnxruntime {provider} skipped: the session fell back to "
-                    f"{actual} (session providers: {session.get_providers()})"
-                )
-                continue
-            sessions.append((provider, session))
+    sessions = (
+        confirmed_ort_sessions(
+            onnx_path, name=name, providers=providers, threads=threads, notes=notes
+        )
+        if onnx_path is not None
+        else []
+    )
 
     def one_pass() -> list[dict]:
         rows = []
@@ -598,17 +654,14 @@ def speed_rows_for_model(
                 **timing,
             )
             rows.append({"model": name, **row, "max_batch": is_max})
-        for provider, session in sessions:
-            for bs in batch_sizes:
-                row = _ort_row(
-                    session,
-                    requested_provider=provider,
-                    threads=threads,
-                    image_size=image_size,
-                    batch_size=bs,
-                    **timing,
-                )
-                rows.append({"model": name, **row, "max_batch": False})
+        rows += ort_session_rows(
+            sessions,
+            name=name,
+            image_size=image_size,
+            batch_sizes=batch_sizes,
+            threads=threads,
+            **timing,
+        )
         return rows
 
     passes = [one_pass() for _ in range(repeats)]

@@ -804,20 +804,25 @@ def print_inspect(report: dict) -> None:
         out.print(f"dataset_hash: {report['dataset_hash']}")
     if report["ignored"]:
         out.print(f"ignored companion files: {', '.join(report['ignored'])}")
+
+    def problem_table(title: str, items: list[dict]) -> Table:
+        t = Table(title=title)
+        t.add_column("file")
+        t.add_column("problem")
+        for p in items:
+            t.add_row(p["file"], p["problem"])
+        return t
+
     if report["excluded"]:
-        t = Table(title=f"excluded ({len(report['excluded'])}, --exclude-bad)")
-        t.add_column("file")
-        t.add_column("problem")
-        for p in report["excluded"]:
-            t.add_row(p["file"], p["problem"])
-        out.print(t)
+        out.print(
+            problem_table(
+                f"excluded ({len(report['excluded'])}, --exclude-bad)", report["excluded"]
+            )
+        )
     if report["problems"]:
-        t = Table(title=f"[red]problems ({len(report['problems'])})[/red]")
-        t.add_column("file")
-        t.add_column("problem")
-        for p in report["problems"]:
-            t.add_row(p["file"], p["problem"])
-        err.print(t)
+        err.print(
+            problem_table(f"[red]problems ({len(report['problems'])})[/red]", report["problems"])
+        )
     if not report["usable"]:
         if report["problems"] and report["num_images"]:
             err.print(f"[red]not usable[/red] as is. Fix: {FIX}.", soft_wrap=True)
