@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     speed.add_argument("--speed-min-seconds", type=float, default=1.0)
     speed.add_argument("--speed-min-iters", type=int, default=20)
+    speed.add_argument(
+        "--speed-rounds",
+        type=int,
+        default=3,
+        help="rounds, alternating runtimes; rows give the median and spread (default 3)",
+    )
 
     ls = sub.add_parser("list", help="the model registry with params and GFLOPs")
     ls.add_argument("--image-size", type=int, default=200)
@@ -106,6 +112,7 @@ def _speed(args, console) -> int:
         threads=args.threads,
         speed_min_seconds=args.speed_min_seconds,
         speed_min_iters=args.speed_min_iters,
+        speed_rounds=args.speed_rounds,
     )
     reporter = make_reporter()
     try:

@@ -161,6 +161,9 @@ class RunOptions:
     """Each latency/throughput measurement runs at least this long..."""
     speed_min_iters: int = 20
     """...and at least this many iterations (after warm-up)."""
+    speed_rounds: int = 3
+    """Rounds per speed measurement: every runtime is measured once per round, alternating, so
+    ratios come from the same window; rows report the median over rounds and its spread."""
 
     def __post_init__(self):
         _check(
@@ -174,6 +177,7 @@ class RunOptions:
         except ValueError:
             seeds = None
         _check(bool(seeds), "seeds", "must be comma-separated integers like 0,1,2", self.seeds)
+        _check(self.speed_rounds >= 1, "speed_rounds", "must be >= 1", self.speed_rounds)
         _check(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             "device",

@@ -30,32 +30,83 @@ def best_rows(results: dict) -> dict[str, dict]:
     return best
 
 
-def _timing(opts) -> dict:
-    return {"min_seconds": opts.speed_min_seconds, "min_iters": opts.speed_min_iters}
+def _timing(opts) -> speed.Timing:
+    return speed.Timing(min_seconds=opts.speed_min_seconds, min_iters=opts.speed_min_iters)
 
 
-def measure_torch(results: dict, out: Path, ctx, opts, reporter) -> list[dict]:
+def measure_speed(results: dict, out: Path, ctx, opts, reporter) -> list[dict]:
+    """Training row + every inference row of each model's best seed.
+
+    The checkpoint is exported to a temporary ONNX file so that torch and ONNX Runtime are
+    measured in the same interleaved rounds (bench.speed.driver), minutes apart no more.
+    """
+    import tempfile
+
+    from exports.export import export_onnx
+
     rows = []
-    for name, row in best_rows(results).items():
-        rows.append(training_row(row, ctx))
-        ckpt = out / row["checkpoint"]
-        results["models"][name]["checkpoint_size_mb"] = speed.file_size_mb(ckpt)
-        model, _ = load_checkpoint(ckpt)
-        reporter.log(f"[{name}] measuring PyTorch inference speed on {ctx.device}")
-        try:
-            rows += speed.speed_rows_for_model(
-                model,
-                name=name,
-                image_size=ctx.recipe.image_size,
-                device=ctx.device,
-                batch_sizes=BATCH_SIZES,
-                threads=opts.threads,
-                **_timing(opts),
-            )
-        except Exception as e:  # a speed failure is recorded, never fatal to the results
-            rows.append({"model": name, "runtime": "torch", "error": f"{type(e).__name__}: {e}"})
-        del model
+    providers = ("cpu", "cuda", "tensorrt") if ctx.device.type == "cuda" else ("cpu",)
+    with tempfile.TemporaryDirectory(prefix="neu-bench-speed-") as tmp:
+        for name, row in best_rows(results).items():
+            rows.append(training_row(row, ctx))
+            ckpt = out / row["checkpoint"]
+            results["models"][name]["checkpoint_size_mb"] = speed.file_size_mb(ckpt)
+            model, meta = load_checkpoint(ckpt)
+            try:
+                onnx_path = Path(tmp) / f"{name}.onnx"
+                reporter.log(f"[{name}] exporting a temporary ONNX file for the speed rounds")
+                export_onnx(
+                    model,
+                    onnx_path,
+                    metadata=_metadata(name, meta, row),
+                    image_size=meta["image_size"],
+                )
+                reporter.log(
+                    f"[{name}] measuring PyTorch and ONNX Runtime on {ctx.device}, "
+                    f"{opts.speed_rounds} interleaved rounds"
+                )
+                notes: list[str] = []
+                rows += speed.speed_rows_for_model(
+                    model,
+                    name=name,
+                    image_size=ctx.recipe.image_size,
+                    onnx_path=onnx_path,
+                    device=ctx.device,
+                    batch_sizes=BATCH_SIZES,
+                    providers=providers,
+                    threads=opts.threads,
+                    rounds=opts.speed_rounds,
+                    timing=_timing(opts),
+                    notes=notes,
+                )
+                for note in notes:  # GPU provider not really usable: say so, never mislabel
+                    reporter.log(note)
+            except Exception as e:  # a speed failure is recorded, never fatal to the results
+                rows.append(
+                    {"model": name, "runtime": "torch", "error": f"{type(e).__name__}: {e}"}
+                )
+            del model
+    results["speed_ratios"] = speed.speedup(rows)
     return rows
+
+
+def _metadata(name: str, meta: dict, row: dict) -> dict:
+    """The neu_bench.* metadata of an export of `name`'s checkpoint (meta) and its row."""
+    from exports.export import build_metadata
+
+    return build_metadata(
+        model_name=name,
+        classes=meta["classes"],
+        image_size=meta["image_size"],
+        channels=meta["channels"],
+        mean=meta["mean"],
+        std=meta["std"],
+        val_accuracy=row["val_accuracy"],
+        dataset_hash=meta["dataset_hash"],
+        split_hash=meta["split_hash"],
+        split=meta["split"],
+        weights=meta["weights"],
+    )
 
 
 def training_row(row: dict, ctx) -> dict:
@@ -115,7 +166,7 @@ def select_exports(results: dict, how: str) -> tuple[list[str], str]:
 
 
 def export_and_verify(results: dict, out: Path, ctx, opts, reporter) -> None:
-    from exports.export import build_metadata, export_onnx
+    from exports.export import export_onnx
     from exports.parity import check_parity
 
     names, why = select_exports(results, opts.export)
@@ -133,19 +184,7 @@ def export_and_verify(results: dict, out: Path, ctx, opts, reporter) -> None:
         entry = {"model": name, "seed": row["seed"], "path": str(path.relative_to(out))}
         try:
             model, meta = load_checkpoint(out / row["checkpoint"])
-            metadata = build_metadata(
-                model_name=name,
-                classes=meta["classes"],
-                image_size=meta["image_size"],
-                channels=meta["channels"],
-                mean=meta["mean"],
-                std=meta["std"],
-                val_accuracy=row["val_accuracy"],
-                dataset_hash=meta["dataset_hash"],
-                split_hash=meta["split_hash"],
-                split=meta["split"],
-                weights=meta["weights"],
-            )
+            metadata = _metadata(name, meta, row)
             reporter.log(f"[{name}] exporting to {path}")
             export_onnx(model, path, metadata=metadata, image_size=meta["image_size"])
             entry["size_mb"] = speed.file_size_mb(path)
@@ -165,34 +204,12 @@ def export_and_verify(results: dict, out: Path, ctx, opts, reporter) -> None:
             entry["parity_passed"] = bool(parity.passed)
             if not parity.passed:
                 reporter.warn(f"[{name}] PARITY FAILED: {'; '.join(parity.failures)}")
-            if opts.speed:
-                results["speed"] += _ort_rows(name, path, ctx, opts, reporter)
         except Exception as e:
             entry.update(parity_passed=False, error=f"{type(e).__name__}: {e}")
             reporter.warn(f"[{name}] export failed: {entry['error']}")
         results["exports"].append(entry)
     if opts.speed:
-        results["speed_ratios"] = speed.speedup(results["speed"])
         _plot(results, out)
-
-
-def _ort_rows(name, path, ctx, opts, reporter) -> list[dict]:
-    notes: list[str] = []
-    providers = ("cpu", "cuda", "tensorrt") if ctx.device.type == "cuda" else ("cpu",)
-    threads = opts.threads or torch.get_num_threads()
-    sessions = speed.confirmed_ort_sessions(
-        path, name=name, providers=providers, threads=threads, notes=notes
-    )
-    for note in notes:  # GPU provider not really usable: say so, never mislabel
-        reporter.log(note)
-    return speed.ort_session_rows(
-        sessions,
-        name=name,
-        image_size=ctx.recipe.image_size,
-        batch_sizes=BATCH_SIZES,
-        threads=threads,
-        **_timing(opts),
-    )
 
 
 def _plot(results: dict, out: Path) -> None:
@@ -300,8 +317,9 @@ def speed_command(
             batch_sizes=BATCH_SIZES,
             providers=providers,
             threads=opts.threads,
+            rounds=opts.speed_rounds,
+            timing=_timing(opts),
             notes=notes,
-            **_timing(opts),
         )
         info["notes"] = notes
         report.write_outputs(out, results)

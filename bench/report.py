@@ -53,6 +53,9 @@ SPEED_COLUMNS = [
     "n",
     "throughput_img_s",
     "max_batch",
+    "rounds",
+    "p50_spread_pct",
+    "cpu_contention_pct",
 ]
 
 
@@ -175,13 +178,15 @@ def speed_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         "p99 ms",
         "img/s",
         "n",
+        "rounds",
+        "p50 spread %",
     ]
     body = []
     for r in results.get("speed", []):
         if r.get("phase") == "train":
             continue
-        if "error" in r:
-            body.append([r["model"], r.get("runtime", "?"), "error: " + r["error"]] + [""] * 8)
+        if r.get("error"):
+            body.append([r["model"], r.get("runtime", "?"), "error: " + r["error"]] + [""] * 10)
             continue
         prec = r["precision"] + (" CL" if r.get("channels_last") else "")
         body.append(
@@ -197,6 +202,8 @@ def speed_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
                 _num(r["latency_ms_p99"]),
                 _num(r["throughput_img_s"], ".1f"),
                 str(r["n"]),
+                str(r.get("rounds", 1)),
+                _num(r.get("p50_spread_pct"), ".1f"),
             ]
         )
     return head, body

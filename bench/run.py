@@ -233,9 +233,9 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
             report.write_outputs(out, results)
 
     if opts.speed:
-        from bench.measure import measure_torch
+        from bench.measure import measure_speed
 
-        results["speed"] = measure_torch(results, out, ctx, opts, reporter)
+        results["speed"] = measure_speed(results, out, ctx, opts, reporter)
         report.write_outputs(out, results)
     from bench.measure import export_and_verify
 

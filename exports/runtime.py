@@ -68,6 +68,11 @@ _SHORT_NAME = {
 _FIX = "pass the .onnx written by `bench run`"
 
 
+def provider_short_name(name: str) -> str:
+    """Short provider name: CPUExecutionProvider -> cpu (unknown names stay as they are)."""
+    return _SHORT_NAME.get(name, name)
+
+
 class ModelFormatError(ValueError):
     """The file is not an ONNX classifier exported by neu-bench (message says why + the fix)."""
 

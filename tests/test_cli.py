@@ -55,6 +55,8 @@ def test_quick_run_is_labelled_and_exports_with_parity(tmp_path, capsys):
         for key in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_img_s"):
             assert r[key] > 0
         assert r["threads"] >= 1
+        # torch and ORT in the same interleaved rounds (default 3), with their spread
+        assert r["rounds"] == 3 and r["p50_spread_pct"] is not None
     (train,) = [r for r in results["speed"] if r.get("phase") == "train"]
     assert train["train_img_s"] > 0 and train["pipeline_efficiency"] > 0
     assert (out / "accuracy_vs_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -90,6 +92,7 @@ def test_bench_speed_writes_results_with_both_runtimes(tmp_path, capsys):
     results = json.loads((tmp_path / "results.json").read_text())
     runtimes = {(r["runtime"], r["provider"]) for r in results["speed"]}
     assert runtimes == {("torch", "cpu"), ("onnxruntime", "cpu")}
+    assert all(r["rounds"] == 3 and r["p50_spread_pct"] is not None for r in results["speed"])
     (ratio,) = results["speed_ratios"]
     assert ratio["latency_speedup_b1"] > 0 and ratio["throughput_ratio_b32"] > 0
     assert "ONNX Runtime vs PyTorch" in capsys.readouterr().out

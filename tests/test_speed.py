@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -169,32 +168,111 @@ def test_file_size_mb(tmp_path):
     assert speed.file_size_mb(p) == pytest.approx(2.5)
 
 
-# ----------------------------------------------------------------------------- torch
+# ----------------------------------------------------------------------------- backends
 
 
-def test_torch_inference_row():
+def one_row(backend, batch_size=2, rounds=1) -> dict:
+    (row,) = speed.run_interleaved(
+        [speed.Case(backend, batch_size)],
+        model="tiny",
+        image_size=16,
+        rounds=rounds,
+        timing=speed.Timing(**FAST),
+    )
+    return row.to_dict()
+
+
+def test_torch_eager_row():
     model = tiny_net().train()
-    row = speed.torch_inference(model, image_size=16, batch_size=2, threads=1, **FAST)
+    row = one_row(speed.TorchEager(model, image_size=16, threads=1))
     assert ROW_KEYS <= row.keys()
-    assert row["runtime"] == "torch" and row["provider"] == "cpu"
+    assert row["runtime"] == "torch" and row["provider"] == "cpu" and row["error"] is None
     assert row["precision"] == "fp32" and row["batch_size"] == 2 and row["threads"] == 1
+    assert row["memory_format"] == "contiguous"
     assert row["n"] >= 3 and row["latency_ms_p50"] > 0 and row["throughput_img_s"] > 0
+    # one round: the spread across rounds is unknown, not zero
+    assert row["rounds"] == 1 and row["p50_spread_pct"] is None
     assert model.training  # the caller's mode comes back
     c = row["cpu_contention_pct"]  # Linux PSI share of the run spent waiting for a CPU
     assert c is None or 0.0 <= c <= 100.0
 
 
-def test_torch_inference_channels_last_bf16_and_thread_restore():
+def test_torch_eager_channels_last_bf16_restores_threads_and_layout():
     before = torch.get_num_threads()
     model = tiny_net()
-    row = speed.torch_inference(
-        model, image_size=16, precision="bf16", channels_last=True, threads=1, **FAST
+    backend = speed.TorchEager(
+        model, image_size=16, precision="bf16", channels_last=True, threads=1
     )
-    assert row["precision"] == "bf16" and row["channels_last"] is True
+    with backend.active():
+        assert torch.get_num_threads() == 1
+        assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+        out = backend.prepare(2)()
+        assert out.dtype == torch.bfloat16  # autocast really on
+    row = one_row(backend)
+    assert row["precision"] == "bf16" and row["memory_format"] == "channels_last"
     assert torch.get_num_threads() == before
     assert model[0].weight.is_contiguous()  # memory format restored
     with pytest.raises(ValueError, match="precision"):
-        speed.torch_inference(model, image_size=16, precision="int8", **FAST)
+        speed.TorchEager(model, image_size=16, precision="int8")
+
+
+class FakeBackend(speed.Backend):
+    """Logs prepare/call order; `fail_in_round` raises from that round's prepare on."""
+
+    runtime = "fake"
+
+    def __init__(self, name, log, fail_in_round=None):
+        self.name, self.log, self.fail_in_round, self.prepared = name, log, fail_in_round, 0
+
+    def prepare(self, batch_size):
+        self.prepared += 1
+        if self.fail_in_round is not None and self.prepared > self.fail_in_round:
+            raise RuntimeError(f"{self.name} broke")
+        return lambda: self.log.append(self.name)
+
+    def provenance(self):
+        return {"runtime": self.runtime, "provider": self.name, "precision": "fp32",
+                "threads": 1}  # fmt: skip
+
+
+def test_driver_interleaves_backends_round_by_round():
+    log: list[str] = []
+    a, b = FakeBackend("a", log), FakeBackend("b", log)
+    timing = speed.Timing(warmup_iters=0, min_seconds=0.0, min_iters=2)
+    rows = speed.run_interleaved(
+        [speed.Case(a, 1), speed.Case(b, 1)], model="m", image_size=8, rounds=3, timing=timing
+    )
+    # a a b b | a a b b | a a b b: never all of a's rounds first
+    assert log == ["a", "a", "b", "b"] * 3
+    assert [r.rounds for r in rows] == [3, 3] and [r.n for r in rows] == [6, 6]
+    assert all(r.p50_spread_pct is not None for r in rows)
+
+
+def test_driver_records_a_failing_backend_and_keeps_the_others():
+    log: list[str] = []
+    ok, bad = FakeBackend("ok", log), FakeBackend("bad", log, fail_in_round=1)
+    timing = speed.Timing(warmup_iters=0, min_seconds=0.0, min_iters=1)
+    good_row, bad_row = speed.run_interleaved(
+        [speed.Case(ok, 1), speed.Case(bad, 1)], model="m", image_size=8, rounds=3, timing=timing
+    )
+    assert bad_row.error == "RuntimeError: bad broke" and bad_row.latency_ms_p50 is None
+    assert bad.prepared == 2  # tried in round 2, then left out of round 3
+    assert good_row.error is None and good_row.rounds == 3
+
+
+def test_combine_rounds_takes_medians_and_the_spread_of_p50s():
+    from bench.speed.driver import SpeedRow, combine_rounds
+
+    ms = 1e-3
+    rounds = [([10 * ms, 10 * ms, 30 * ms], 5.0), ([12 * ms] * 3, None), ([11 * ms] * 3, 20.0)]
+    row = combine_rounds(SpeedRow(model="m", batch_size=4, image_size=8, provenance={}), rounds)
+    assert row.latency_ms_p50_by_round == pytest.approx([10.0, 12.0, 11.0])
+    assert row.latency_ms_p50 == pytest.approx(11.0)  # median of the rounds' p50s
+    assert row.p50_spread_pct == pytest.approx(20.0)  # (12 - 10) / 10
+    assert row.latency_ms_p99 == pytest.approx(12.0)  # median of 29.6, 12, 11
+    assert row.n == 9 and row.rounds == 3
+    assert row.throughput_img_s == pytest.approx(4 * 3 / 0.036)  # median round: 36 ms
+    assert row.cpu_contention_pct == 20.0  # the worst round
 
 
 # ----------------------------------------------------------------------------- OOM shrink
@@ -280,14 +358,14 @@ def test_pipeline_efficiency():
 
 
 def test_ort_row_records_provider_and_threads(tiny_onnx):
-    row = speed.ort_inference(tiny_onnx, image_size=16, batch_size=3, threads=1, **FAST)
+    row = one_row(speed.OnnxRuntime.open(tiny_onnx, image_size=16, threads=1), batch_size=3)
     assert ROW_KEYS <= row.keys()
     assert row["runtime"] == "onnxruntime"
     assert row["provider"] == "cpu" and row["threads"] == 1 and row["batch_size"] == 3
 
 
 def test_ort_threads_default_to_torch_threads(tiny_onnx):
-    row = speed.ort_inference(tiny_onnx, image_size=16, **FAST)
+    row = one_row(speed.OnnxRuntime.open(tiny_onnx, image_size=16))
     assert row["threads"] == torch.get_num_threads()
 
 
@@ -296,8 +374,9 @@ def test_gpu_provider_fallback_is_never_labelled_gpu(tiny_onnx):
     from exports.runtime import ProviderUnavailableError
 
     with pytest.raises(ProviderUnavailableError):
-        speed.ort_inference(tiny_onnx, image_size=16, provider="cuda", strict=True, **FAST)
-    row = speed.ort_inference(tiny_onnx, image_size=16, provider="cuda", strict=False, **FAST)
+        speed.OnnxRuntime.open(tiny_onnx, image_size=16, provider="cuda", strict=True)
+    backend = speed.OnnxRuntime.open(tiny_onnx, image_size=16, provider="cuda", strict=False)
+    row = one_row(backend)
     assert row["provider"] == "cpu" and row["requested_provider"] == "cuda"
 
 
@@ -312,9 +391,9 @@ def test_speed_rows_skip_unconfirmed_gpu_providers(tiny_onnx):
         batch_sizes=(1, 2),
         providers=("cuda", "tensorrt"),
         threads=1,
-        repeats=3,
+        rounds=3,
         notes=notes,
-        **FAST,
+        timing=speed.Timing(**FAST),
     )
     assert {(r["runtime"], r["provider"], r["batch_size"]) for r in rows} == {
         ("torch", "cpu", 1),
@@ -323,16 +402,46 @@ def test_speed_rows_skip_unconfirmed_gpu_providers(tiny_onnx):
         ("onnxruntime", "cpu", 2),
     }
     assert all(r["model"] == "tiny" and r["threads"] == 1 for r in rows)
-    assert all(r["repeats"] == 3 and r["p50_spread_pct"] >= 0 for r in rows)
+    for r in rows:
+        p50s = r["latency_ms_p50_by_round"]
+        assert r["rounds"] == 3 and len(p50s) == 3
+        assert r["latency_ms_p50"] == pytest.approx(sorted(p50s)[1])
+        assert r["p50_spread_pct"] == pytest.approx(
+            (max(p50s) - min(p50s)) / min(p50s) * 100, abs=0.01
+        )
     assert len(notes) == 2 and "cuda" in notes[0] and "tensorrt" in notes[1]
 
-    ratios = speed.speedup(rows, throughput_batch=2)
-    assert len(ratios) == 1 and ratios[0]["model"] == "tiny"
-    r = ratios[0]
-    assert r["latency_speedup_b1"] == pytest.approx(
-        r["torch_cpu_latency_ms_p50_b1"] / r["ort_cpu_latency_ms_p50_b1"]
+    (r,) = speed.speedup(rows, throughput_batch=2)
+    assert r["model"] == "tiny"
+    torch_b1, ort_b1 = (
+        next(x for x in rows if x["runtime"] == rt and x["batch_size"] == 1)
+        for rt in ("torch", "onnxruntime")
     )
+    per_round = [
+        t / o
+        for t, o in zip(
+            torch_b1["latency_ms_p50_by_round"], ort_b1["latency_ms_p50_by_round"], strict=True
+        )
+    ]
+    assert r["latency_speedup_b1"] == pytest.approx(sorted(per_round)[1])
     assert r["throughput_ratio_b2"] > 0
+
+
+def test_speedup_is_the_median_of_per_round_ratios():
+    def row(runtime, b, p50s, thr):
+        return {"model": "m", "runtime": runtime, "provider": "cpu", "precision": "fp32",
+                "batch_size": b, "latency_ms_p50": sorted(p50s)[1],
+                "latency_ms_p50_by_round": p50s, "throughput_img_s": sorted(thr)[1],
+                "throughput_img_s_by_round": thr}  # fmt: skip
+
+    # Per-round ratios 2, 3, 1.5 -> median 2; the ratio of the medians (12 / 8 = 1.5) would
+    # divide figures from different windows.
+    rows = [
+        row("torch", 1, [10.0, 30.0, 12.0], [1, 1, 1]),
+        row("onnxruntime", 1, [5.0, 10.0, 8.0], [1, 1, 1]),
+    ]
+    (r,) = speed.speedup(rows)
+    assert r["latency_speedup_b1"] == pytest.approx(2.0)
 
 
 def test_speedup_missing_side_is_none():
@@ -401,9 +510,3 @@ def test_plot_is_a_valid_png(tmp_path):
     with pytest.raises(ValueError, match="duplicated"):
         speed.plot_accuracy_vs_latency(rows + rows[:1], tmp_path / "dup.png")
     assert not (tmp_path / "dup.png").exists()
-
-
-def test_summarize_agrees_with_numpy_on_random_samples():
-    x = np.random.default_rng(0).exponential(0.01, 257)
-    s = speed.summarize(x.tolist())
-    assert s["latency_ms_p90"] == pytest.approx(np.percentile(x * 1e3, 90))

@@ -1,0 +1,105 @@
+"""The accuracy/latency Pareto front and its plot."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of (latency, accuracy) points no other point beats, sorted by latency.
+
+    Lower latency and higher accuracy are better. A point is dominated when another is at
+    least as good on both and strictly better on one; exact duplicates therefore both stay
+    on the front. Points with a NaN coordinate are never on it.
+    """
+    ok = [i for i, (lat, acc) in enumerate(points) if not (math.isnan(lat) or math.isnan(acc))]
+    front = []
+    for i in ok:
+        li, ai = points[i]
+        dominated = any(
+            points[j][0] <= li and points[j][1] >= ai and (points[j][0] < li or points[j][1] > ai)
+            for j in ok
+            if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][0], -points[i][1], i))
+
+
+def plot_accuracy_vs_latency(
+    rows: Sequence[dict], path: str | Path, *, title: str | None = None
+) -> Path:
+    """Accuracy vs p50 latency scatter, one labelled point per row, Pareto front marked.
+
+    rows: dicts with model, runtime, provider, latency_ms_p50, val_accuracy (a fraction in
+    [0, 1] as stored in checkpoints; plotted in %; values > 1 are taken as already in %),
+    optionally precision and batch_size. Pass one row per model & runtime (normally the
+    batch-1 rows); duplicate labels raise ValueError. Written atomically as PNG.
+    Uses matplotlib's object API with the Agg canvas, so pyplot's global state is untouched.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from neu._io import atomic_path
+
+    if not rows:
+        raise ValueError("plot_accuracy_vs_latency() got no rows to plot")
+    labels, lats, accs = [], [], []
+    for r in rows:
+        label = f"{r['model']} ({r['runtime']}/{r['provider']}"
+        if r.get("precision", "fp32") != "fp32":
+            label += f"/{r['precision']}"
+        label += ")"
+        labels.append(label)
+        lats.append(float(r["latency_ms_p50"]))
+        accs.append(float(r["val_accuracy"]))
+    dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if dupes:
+        raise ValueError(f"one row per model & runtime expected; duplicated: {dupes}")
+    if max(accs) <= 1.0:
+        accs = [a * 100 for a in accs]
+    front = pareto_front(list(zip(lats, accs, strict=True)))
+
+    fig = Figure(figsize=(8, 5.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.scatter(lats, accs, s=30, color="tab:blue", zorder=2, label="model & runtime")
+    ax.plot(
+        [lats[i] for i in front],
+        [accs[i] for i in front],
+        "-o",
+        color="tab:red",
+        markersize=9,
+        markerfacecolor="none",
+        markeredgewidth=1.8,
+        zorder=3,
+        label="Pareto front",
+    )
+    # Points at the same accuracy (common on small validation sets) get their labels
+    # stacked instead of printed on top of each other.
+    seen: dict[float, int] = {}
+    for lab, x, y in zip(labels, lats, accs, strict=True):
+        k = seen[round(y, 6)] = seen.get(round(y, 6), -1) + 1
+        ax.annotate(lab, (x, y), xytext=(4, 4 + 9 * k), textcoords="offset points", fontsize=7)
+    # Latencies across runtimes and GPUs/CPUs easily span 10x-100x: log scale keeps them apart.
+    if min(lats) > 0 and max(lats) / min(lats) > 20:
+        from matplotlib.ticker import LogFormatter
+
+        ax.set_xscale("log")
+        # Plain numbers (2, 5, 20 ms), not 2x10^1 mathtext.
+        ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.set_xlabel("latency p50 (ms, lower is better)")
+    ax.set_ylabel("validation accuracy (%, higher is better)")
+    ax.set_title(title or "NEU-CLS: accuracy vs latency (batch 1)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        # The temp file has no .png suffix, so name the format explicitly.
+        fig.savefig(tmp, format="png")
+    return path
