@@ -110,6 +110,14 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
+def cpu_isa_text(env: dict) -> str:
+    """'ISA AVX2 (torch AVX2)': what the speed figures were measured with."""
+    isa = env.get("cpu_isa") or {}
+    label = env.get("cpu_isa_label") or "unknown"
+    cap = isa.get("torch_capability")
+    return f"ISA {label}" + (f" (torch {cap})" if cap else "")
+
+
 def _num(v, fmt=".2f") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -310,7 +318,8 @@ def markdown(results: dict) -> str:
     parts.append(
         f"Created {results.get('created')} on **{env.get('device', '?')}** "
         f"(torch {env.get('torch')}, torchvision {env.get('torchvision')}, "
-        f"onnxruntime {env.get('onnxruntime')}, {env.get('torch_threads')} torch threads)."
+        f"onnxruntime {env.get('onnxruntime')}, {env.get('torch_threads')} torch threads; "
+        f"CPU {env.get('cpu', '?')}, {cpu_isa_text(env)})."
     )
     ds = results.get("dataset")
     if ds:
@@ -386,8 +395,11 @@ def markdown(results: dict) -> str:
     if results.get("speed"):
         parts += [
             "## Speed",
+            f"On {env.get('cpu', '?')} ({cpu_isa_text(env)}). "
             "Latency of the model alone (inputs prepared before the clock), warm-up first, "
-            "then at least the configured seconds and iterations; percentiles over all samples.",
+            "then at least the configured seconds and iterations; percentiles over all samples. "
+            "Runtimes alternate over the rounds; p50/p90/p99 are medians over rounds, and "
+            "the spread is (max - min) / min of the rounds' p50s.",
             _md_table(*speed_table_rows(results)),
         ]
         train_head, train_body = training_table_rows(results)
@@ -483,7 +495,8 @@ def print_tables(results: dict, console) -> None:
     label = " (QUICK preset: a first look, not a benchmark)" if results.get("quick") else ""
     if results.get("rows"):
         show("accuracy" + label, *summary_table_rows(results))
-    show("inference speed" + label, *speed_table_rows(results))
+    isa = f" on {cpu_isa_text(results.get('environment', {}))}"
+    show("inference speed" + isa + label, *speed_table_rows(results))
     show("training speed" + label, *training_table_rows(results))
     show("ONNX Runtime vs PyTorch", *ratio_table_rows(results))
     show("ONNX exports and parity" + label, *exports_table_rows(results))

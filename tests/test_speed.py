@@ -464,6 +464,26 @@ def test_environment_has_the_essentials():
     assert env["torch_threads"] == torch.get_num_threads()
     assert "CPUExecutionProvider" in env["ort_available_providers"]
     assert isinstance(env["cpu"], str) and env["cpu"]
+    from bench.cpu import cpu_flags
+
+    isa = env["cpu_isa"]  # the flags speed figures depend on, read from this machine
+    assert isa["avx2"] == ("avx2" in cpu_flags()) and "amx_tile" in isa
+    assert isa["torch_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_report_names_the_cpu_isa_in_header_and_speed_section():
+    from bench.report import markdown
+
+    env = {"cpu": "Test CPU", "cpu_isa": {"torch_capability": "AVX512", "avx512f": True},
+           "cpu_isa_label": "AVX-512 VNNI + AMX"}  # fmt: skip
+    row = {"model": "m", "runtime": "torch", "provider": "cpu", "precision": "fp32",
+           "batch_size": 1, "threads": 2, "latency_ms_p50": 1.0, "latency_ms_p90": 1.0,
+           "latency_ms_p99": 1.0, "throughput_img_s": 1.0, "n": 3, "rounds": 3,
+           "p50_spread_pct": 2.5}  # fmt: skip
+    md = markdown({"environment": env, "speed": [row]})
+    header, speed_section = md.split("## Speed")[0], md.split("## Speed")[1]
+    assert "ISA AVX-512 VNNI + AMX (torch AVX512)" in header
+    assert "ISA AVX-512 VNNI + AMX" in speed_section and "| 2.5 |" in speed_section
 
 
 # ----------------------------------------------------------------------------- Pareto + plot

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import torch
 
+from bench.cpu import cpu_isa, isa_label
+
 
 def environment() -> dict:
     """Versions and hardware that a speed number is meaningless without."""
@@ -25,6 +27,9 @@ def environment() -> dict:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu": _cpu_name(),
+        # Instruction sets decide which kernels run (AVX2 vs AVX-512 VNNI vs AMX): 2-3x apart.
+        "cpu_isa": cpu_isa(),
+        "cpu_isa_label": isa_label(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch": torch.__version__,
