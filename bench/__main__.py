@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument("--speed-min-seconds", type=float, default=1.0)
     speed.add_argument("--speed-min-iters", type=int, default=20)
     speed.add_argument(
+        "--strict-providers",
+        action="store_true",
+        help="fail when a GPU provider cannot run every node instead of using the CPU for some",
+    )
+    speed.add_argument(
         "--speed-rounds",
         type=int,
         default=3,
@@ -113,6 +118,7 @@ def _speed(args, console) -> int:
         speed_min_seconds=args.speed_min_seconds,
         speed_min_iters=args.speed_min_iters,
         speed_rounds=args.speed_rounds,
+        strict_providers=args.strict_providers,
     )
     reporter = make_reporter()
     try:

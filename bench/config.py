@@ -164,6 +164,8 @@ class RunOptions:
     speed_rounds: int = 3
     """Rounds per speed measurement: every runtime is measured once per round, alternating, so
     ratios come from the same window; rows report the median over rounds and its spread."""
+    strict_providers: bool = False
+    """Fail when an ONNX Runtime GPU provider cannot run every node (no silent CPU fallback)."""
 
     def __post_init__(self):
         _check(

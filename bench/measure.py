@@ -78,6 +78,7 @@ def measure_speed(results: dict, out: Path, ctx, opts, reporter) -> list[dict]:
                     rounds=opts.speed_rounds,
                     timing=_timing(opts),
                     notes=notes,
+                    strict_providers=opts.strict_providers,
                 )
                 for note in notes:  # GPU provider not really usable: say so, never mislabel
                     reporter.log(note)
@@ -305,7 +306,13 @@ def speed_command(
         info["onnx_size_mb"] = speed.file_size_mb(onnx_path)
         for provider in explicit:
             # Asked for by name: a silent fallback to CPU would mislabel every number.
-            create_session(onnx_path, provider=provider, threads=opts.threads, strict=True)
+            create_session(
+                onnx_path,
+                provider=provider,
+                threads=opts.threads,
+                strict=True,
+                disable_cpu_fallback=opts.strict_providers,
+            )
         reporter.log(f"[{name}] measuring torch and onnxruntime on {device}")
         notes: list[str] = []
         results["speed"] += speed.speed_rows_for_model(
@@ -320,6 +327,7 @@ def speed_command(
             rounds=opts.speed_rounds,
             timing=_timing(opts),
             notes=notes,
+            strict_providers=opts.strict_providers,
         )
         info["notes"] = notes
         report.write_outputs(out, results)

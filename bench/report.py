@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from bench import metrics as M
+from bench.speed.placement import placement_note
 from neu._io import atomic_write_json, atomic_write_text
 
 ROW_COLUMNS = [
@@ -56,6 +57,7 @@ SPEED_COLUMNS = [
     "rounds",
     "p50_spread_pct",
     "cpu_contention_pct",
+    "nodes_by_provider",
 ]
 
 
@@ -197,11 +199,12 @@ def speed_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             body.append([r["model"], r.get("runtime", "?"), "error: " + r["error"]] + [""] * 10)
             continue
         prec = r["precision"] + (" CL" if r.get("channels_last") else "")
+        elsewhere = placement_note(r)  # a GPU row that still ran nodes on the CPU says so
         body.append(
             [
                 r["model"],
                 r["runtime"],
-                r["provider"],
+                r["provider"] + (f" ({elsewhere})" if elsewhere else ""),
                 prec,
                 str(r["batch_size"]) + (" (max)" if r.get("max_batch") else ""),
                 str(r["threads"]),

@@ -92,6 +92,8 @@ def create_session(
     threads: int | None = None,
     strict: bool = True,
     provider_options: dict | None = None,
+    disable_cpu_fallback: bool = False,
+    enable_profiling: str | None = None,
 ):
     """Open `path` in ONNX Runtime on `provider` ("cpu" | "cuda" | "tensorrt").
 
@@ -101,6 +103,11 @@ def create_session(
     strict=True that raises ProviderUnavailableError, with strict=False it returns "cpu".
     `threads` sets intra-op threads (None = ORT's default, one per physical core).
     `provider_options` go to the first (requested) provider, e.g. {"use_tf32": "0"} for CUDA.
+    disable_cpu_fallback (`--strict-providers`): for a GPU provider, set ORT's
+    `session.disable_cpu_ep_fallback` and leave CPUExecutionProvider out of the list (ORT
+    rejects both together), so a graph the GPU provider cannot run entirely fails to load
+    (ProviderUnavailableError) instead of quietly running some nodes on the CPU.
+    enable_profiling: a file prefix; the session writes an ORT profile (bench.speed.placement).
     A missing, truncated or non-ONNX file raises ModelFormatError.
     """
     import onnxruntime as ort
@@ -120,7 +127,12 @@ def create_session(
                 f"onnxruntime-gpu on a machine with an NVIDIA GPU, or use --provider cpu"
             )
         wanted = PROVIDERS["cpu"]
-    providers: list = [p for p in wanted if p in available]
+    strict_placement = disable_cpu_fallback and provider != "cpu" and wanted[0] in available
+    providers: list = [
+        p
+        for p in wanted
+        if p in available and not (strict_placement and p == "CPUExecutionProvider")
+    ]
     if provider_options:
         providers[0] = (providers[0], dict(provider_options))
 
@@ -130,9 +142,21 @@ def create_session(
         options.inter_op_num_threads = 1
     # ORT logs its own fallback warnings to stderr; we report the outcome ourselves below.
     options.log_severity_level = 3
+    if strict_placement:
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    if enable_profiling:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(enable_profiling)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # ORT raises its own pybind classes (InvalidProtobuf, Fail, ...)
+        if strict_placement and path.stat().st_size > 0:
+            raise ProviderUnavailableError(
+                f"{path}: not every node can run on {wanted[0]} and --strict-providers forbids "
+                f"CPU fallback ({type(e).__name__}: {str(e).strip()[:300]}); drop "
+                "--strict-providers to measure the mixed placement (its rows then show "
+                "nodes_by_provider)"
+            ) from e
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelFormatError(
             f"{path} is not a readable ONNX model ({type(e).__name__}: {detail}): {_FIX}"

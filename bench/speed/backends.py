@@ -144,9 +144,19 @@ class OnnxRuntime(Backend):
 
     runtime = "onnxruntime"
 
-    def __init__(self, session, *, requested_provider: str, threads: int, image_size: int):
+    def __init__(
+        self,
+        session,
+        *,
+        requested_provider: str,
+        threads: int,
+        image_size: int,
+        nodes_by_provider: dict[str, int] | None = None,
+        strict_providers: bool = False,
+    ):
         self.session, self.requested_provider = session, requested_provider
         self.threads, self.image_size = threads, image_size
+        self.nodes_by_provider, self.strict_providers = nodes_by_provider, strict_providers
 
     @classmethod
     def open(
@@ -156,14 +166,37 @@ class OnnxRuntime(Backend):
         provider: str = "cpu",
         threads: int | None = None,
         strict: bool = True,
+        strict_providers: bool = False,
         image_size: int,
     ) -> OnnxRuntime:
-        """threads=None: torch.get_num_threads(), so CPU rows compare like for like."""
+        """threads=None: torch.get_num_threads(), so CPU rows compare like for like.
+
+        strict: a GPU provider that falls back entirely raises. strict_providers: a GPU
+        provider that cannot run every node raises too (ORT's disable_cpu_ep_fallback).
+        The node placement is counted from one profiled run (bench.speed.placement).
+        """
+        from bench.speed.placement import profile_placement
         from exports.runtime import create_session
 
         threads = threads or torch.get_num_threads()
-        session, _ = create_session(path, provider=provider, threads=threads, strict=strict)
-        return cls(session, requested_provider=provider, threads=threads, image_size=image_size)
+        session, actual = create_session(
+            path,
+            provider=provider,
+            threads=threads,
+            strict=strict,
+            disable_cpu_fallback=strict_providers,
+        )
+        nodes = profile_placement(
+            path, provider=actual, threads=threads, image_size=image_size, strict=strict_providers
+        )
+        return cls(
+            session,
+            requested_provider=provider,
+            threads=threads,
+            image_size=image_size,
+            nodes_by_provider=nodes,
+            strict_providers=strict_providers,
+        )
 
     @property
     def provider(self) -> str:
@@ -191,4 +224,7 @@ class OnnxRuntime(Backend):
             "memory_format": "contiguous",
             # 0 would mean "ORT default" (one per physical core); report what we asked for.
             "threads": session_threads if session_threads > 0 else self.threads,
+            # Counted from a profiled run: a "cuda" row may still run some nodes on the CPU.
+            "nodes_by_provider": self.nodes_by_provider,
+            "strict_providers": self.strict_providers,
         }

@@ -158,22 +158,29 @@ def confirmed_ort_backends(
     threads: int | None,
     image_size: int,
     notes: list[str],
+    strict_providers: bool = False,
 ) -> list[OnnxRuntime]:
     """One ONNX Runtime backend for CPU and every GPU provider the created session confirms.
 
     CPU is always included (strictly: it is the baseline every other row is compared with).
     A GPU provider that errors or silently falls back is skipped with a sentence in `notes`,
-    so CPU numbers are never labelled as GPU.
+    so CPU numbers are never labelled as GPU. strict_providers: a GPU provider that cannot
+    run every node raises (exports.runtime.ProviderUnavailableError) instead.
     """
     backends = []
     for provider in ["cpu", *(p for p in providers if p != "cpu")]:
         strict = provider == "cpu"
         try:
             backend = OnnxRuntime.open(
-                onnx_path, provider=provider, threads=threads, strict=strict, image_size=image_size
+                onnx_path,
+                provider=provider,
+                threads=threads,
+                strict=strict,
+                strict_providers=strict_providers,
+                image_size=image_size,
             )
         except Exception as e:
-            if strict:
+            if strict or (strict_providers and "--strict-providers" in str(e)):
                 raise
             notes.append(f"{name}: onnxruntime {provider} skipped: {e}")
             continue
@@ -232,6 +239,7 @@ def speed_rows_for_model(
     max_batch_start: int = 1024,
     notes: list[str] | None = None,
     on_case: Callable[[int, Case], None] | None = None,
+    strict_providers: bool = False,
 ) -> list[dict]:
     """Every inference speed row of one model, all measured in the same interleaved rounds.
 
@@ -252,7 +260,7 @@ def speed_rows_for_model(
     if onnx_path is not None:
         backends += confirmed_ort_backends(
             onnx_path, name=name, providers=providers, threads=threads, image_size=image_size,
-            notes=notes,
+            notes=notes, strict_providers=strict_providers,
         )  # fmt: skip
     cases = [Case(b, bs) for b in backends for bs in batch_sizes]
     if device.type == "cuda":
