@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 
 from bench import report, speed
+from bench.device import pick_device
+from bench.device import utc_now as _now
 from bench.registry import build_model, load_checkpoint, resolve_models
 
 BATCH_SIZES = (1, 32)
@@ -122,8 +124,9 @@ def training_row(row: dict, ctx) -> dict:
         "image_size": ctx.recipe.image_size,
         "threads": torch.get_num_threads(),
         "train_img_s": row["train_img_s"],
-        "compute_img_s": row["compute_img_s"],
-        "pipeline_efficiency": row["pipeline_efficiency"],
+        "data_ms_per_step": row.get("data_ms_per_step"),
+        "compute_ms_per_step": row.get("compute_ms_per_step"),
+        "pipeline_efficiency": row.get("pipeline_efficiency"),
         "train_img_s_includes_first_epoch": row["train_img_s_includes_first_epoch"],
     }
 
@@ -244,7 +247,6 @@ def speed_command(
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    from bench.run import _now, pick_device
 
     device = pick_device(opts.device)
     names = resolve_models(opts.models)

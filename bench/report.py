@@ -31,8 +31,10 @@ ROW_COLUMNS = [
     "lr",
     "head_lr",
     "train_seconds",
+    "eval_seconds",
     "train_img_s",
-    "compute_img_s",
+    "data_ms_per_step",
+    "compute_ms_per_step",
     "pipeline_efficiency",
     "params_m",
     "gflops",
@@ -228,7 +230,8 @@ def training_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         "batch",
         "threads",
         "train img/s (epochs 2+)",
-        "compute-only img/s",
+        "data ms/step",
+        "compute ms/step",
         "pipeline efficiency",
     ]
     body = [
@@ -240,8 +243,9 @@ def training_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             str(r["threads"]),
             _num(r["train_img_s"], ".1f")
             + (" (epoch 1)" if r["train_img_s_includes_first_epoch"] else ""),
-            _num(r["compute_img_s"], ".1f"),
-            _num(r["pipeline_efficiency"], ".2f"),
+            _num(r.get("data_ms_per_step"), ".1f"),
+            _num(r.get("compute_ms_per_step"), ".1f"),
+            _num(r.get("pipeline_efficiency"), ".2f"),
         ]
         for r in results.get("speed", [])
         if r.get("phase") == "train"
@@ -409,9 +413,9 @@ def markdown(results: dict) -> str:
         if train_body:
             parts += [
                 "### Training",
-                "Pipeline efficiency = real training img/s / compute-only img/s (forward, "
-                "backward and step on a batch already in memory); below ~0.9 the data path "
-                "starves the model.",
+                "Pipeline efficiency = compute / (data + compute), both timed inside the same "
+                "training steps (data: index, augmentation, transfer; compute: forward, "
+                "backward, step); below ~0.9 the data path starves the model.",
                 _md_table(train_head, train_body),
             ]
         if results.get("speed_ratios"):

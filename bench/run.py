@@ -7,7 +7,6 @@ skips it and resumes the rest.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import traceback
@@ -17,18 +16,12 @@ import torch
 
 from bench import report
 from bench.config import ConfigError, Recipe, RunOptions, to_dict
+from bench.device import pick_device
+from bench.device import utc_now as _now
 from bench.registry import build_model, resolve_models, resolve_weights
 from bench.train import Context, train_one
 
 SCHEMA_VERSION = 1
-
-
-def pick_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {spec}: no CUDA device is available; use --device cpu")
-    return torch.device(spec)
 
 
 def default_name(recipe: Recipe, opts: RunOptions, names: list[str]) -> str:
@@ -115,10 +108,6 @@ def failed_row(name: str, seed: int, error: BaseException, weights: str) -> dict
         "macro_f1": None,
         "train_seconds": None,
     }
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:

@@ -37,6 +37,10 @@ HISTORY_FIELDS = [
     "train_seconds",
     "epoch_seconds",
     "train_img_s",
+    "eval_seconds",
+    "data_ms_per_step",
+    "compute_ms_per_step",
+    "pipeline_efficiency",
 ]
 
 
@@ -94,6 +98,54 @@ class Context:
             std=self.split.std,
         )
         return x.contiguous(memory_format=torch.channels_last) if r.channels_last else x
+
+
+class StepClock:
+    """Data vs compute time of the real training steps, measured in the same iterations.
+
+    Each step marks three points: before its data (index, augmentation, transfer), between
+    data and compute (forward, backward, step), and after. On CPU the marks are
+    perf_counter reads (CPU work is synchronous). On CUDA they are CUDA events recorded on
+    the stream, so timing adds no host sync per batch; `totals()` synchronizes once, at the
+    end of the epoch, and reads the device-side durations.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.steps: list[tuple] = []
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def step(self, start, middle, end) -> None:
+        self.steps.append((start, middle, end))
+
+    def totals(self) -> tuple[float, float]:
+        """(data seconds, compute seconds) over the steps so far."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            spans = [(a.elapsed_time(b) / 1e3, b.elapsed_time(c) / 1e3) for a, b, c in self.steps]
+        else:
+            spans = [(b - a, c - b) for a, b, c in self.steps]
+        return sum(d for d, _ in spans), sum(c for _, c in spans)
+
+
+def pipeline_figures(data_s: float, compute_s: float, steps: int) -> dict:
+    """ms per step of data and compute, and pipeline_efficiency = compute / (data + compute).
+
+    1.0: the input pipeline costs nothing; 0.5: half of every step waits for data. It cannot
+    exceed 1 because both parts come from the same steps.
+    """
+    total = data_s + compute_s
+    return {
+        "data_ms_per_step": data_s / steps * 1e3 if steps else None,
+        "compute_ms_per_step": compute_s / steps * 1e3 if steps else None,
+        "pipeline_efficiency": compute_s / total if total > 0 else None,
+    }
 
 
 def _derive_seed(*parts) -> int:
@@ -211,23 +263,29 @@ def train_one(
         ctx.sync()
         t0 = time.perf_counter()
         loss_sum, seen = torch.zeros((), device=ctx.device), 0
+        clock = StepClock(ctx.device)
         for b in range(n_batches):
+            start = clock.mark()
             idx = order[b * r.batch_size : (b + 1) * r.batch_size]
             x = ctx.train_inputs(idx, gen)
             y = ctx.labels.index_select(0, idx)
+            middle = clock.mark()
             with ctx.autocast():
                 loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            clock.step(start, middle, clock.mark())
             loss_sum += loss.detach() * len(idx)
             seen += len(idx)
             reporter.batch(b + 1, elapsed=time.perf_counter() - t0)
         ctx.sync()
         train_seconds = time.perf_counter() - t0
+        data_s, compute_s = clock.totals()
         lrs = [g["lr"] for g in opt.param_groups]
         sched.step()  # once per epoch: the tutorial's per-batch stepping decayed lr 45x too fast
+        t_eval = time.perf_counter()
         val_loss, logits = evaluate(model, ctx, ctx.val_idx)
         val_acc = float((logits.argmax(1) == ctx.labels[ctx.val_idx].cpu().numpy()).mean())
         record = {
@@ -240,6 +298,11 @@ def train_one(
             "train_seconds": train_seconds,
             "epoch_seconds": time.perf_counter() - t0,
             "train_img_s": seen / train_seconds,
+            "eval_seconds": time.perf_counter() - t_eval,
+            "data_seconds": data_s,
+            "compute_seconds": compute_s,
+            "steps": n_batches,
+            **pipeline_figures(data_s, compute_s, n_batches),
         }
         history.append(record)
         if val_acc > best["val_accuracy"] or (
@@ -304,9 +367,16 @@ def _steady_train_img_s(history: list[dict]) -> tuple[float, bool]:
     return images / seconds, len(history) < 2
 
 
-def _final_metrics(name, seed, ctx: Context, folder, model, opt, loss_fn, history, weights):
-    from bench import speed
+def _steady_pipeline(history: list[dict]) -> dict:
+    """Data/compute per step and pipeline efficiency over the timed epochs, first excluded."""
+    timed = [h for h in (history[1:] or history) if "data_seconds" in h]
+    steps = sum(h["steps"] for h in timed)
+    data_s = sum(h["data_seconds"] for h in timed)
+    return pipeline_figures(data_s, sum(h["compute_seconds"] for h in timed), steps)
 
+
+def _final_metrics(name, seed, ctx: Context, folder, model, opt, loss_fn, history, weights):
+    t_eval = time.perf_counter()
     state = torch.load(folder / "best.pt", map_location=ctx.device, weights_only=True)
     model.load_state_dict(state["state_dict"])
     labels = ctx.labels[ctx.val_idx].cpu().numpy()
@@ -327,29 +397,9 @@ def _final_metrics(name, seed, ctx: Context, folder, model, opt, loss_fn, histor
         for i in np.flatnonzero(preds != labels)
     ]
 
-    # Pipeline efficiency: pure compute (forward+backward+step on a batch already in memory)
-    # vs the real epochs. Below ~0.9 the data path, not the model, sets the pace.
-    r = ctx.recipe
-    gen = torch.Generator().manual_seed(_derive_seed(seed, "compute"))
-    idx = ctx.train_idx[: r.batch_size]
-    x = ctx.train_inputs(idx, gen)
-    model.train()
-    compute_img_s = speed.training_compute_throughput(
-        model,
-        opt,
-        loss_fn,
-        x,
-        ctx.labels.index_select(0, idx),
-        sync=ctx.sync,
-        precision={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(ctx.amp_dtype, "fp32"),
-        min_seconds=ctx.speed_min_seconds,
-        min_iters=ctx.speed_min_iters,
-        max_seconds=30.0,  # VGG on a CPU: a few 10 s steps are enough
-    )
-    model.eval()
     train_img_s, includes_first = _steady_train_img_s(history)
     lo, hi = M.clopper_pearson(correct, len(labels))
-    lr, head_lr = r.effective_lr(weights)
+    lr, head_lr = ctx.recipe.effective_lr(weights)
     row = {
         "model": name,
         "seed": seed,
@@ -367,11 +417,12 @@ def _final_metrics(name, seed, ctx: Context, folder, model, opt, loss_fn, histor
         "val_accuracy_ci95_high": hi,
         "macro_f1": report["macro_f1"],
         "val_loss": val_loss,
-        "train_seconds": sum(h["epoch_seconds"] for h in history),
+        # Training loops only; evaluation (per-epoch validation + the final one) apart.
+        "train_seconds": sum(h["train_seconds"] for h in history),
+        "eval_seconds": sum(h.get("eval_seconds", 0.0) for h in history),
         "train_img_s": train_img_s,
         "train_img_s_includes_first_epoch": includes_first,
-        "compute_img_s": compute_img_s,
-        "pipeline_efficiency": speed.pipeline_efficiency(train_img_s, compute_img_s),
+        **_steady_pipeline(history),
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "checkpoint": str(Path(name) / f"seed{seed}" / "best.pt"),
     }
@@ -379,6 +430,7 @@ def _final_metrics(name, seed, ctx: Context, folder, model, opt, loss_fn, histor
         test_labels = ctx.labels[ctx.test_idx].cpu().numpy()
         _, test_logits = evaluate(model, ctx, ctx.test_idx)
         row["test_accuracy"] = float((test_logits.argmax(1) == test_labels).mean())
+    row["eval_seconds"] += time.perf_counter() - t_eval  # + the final evaluation
     details = {
         "confusion_matrix": cm.tolist(),
         "classes": ctx.classes,

@@ -19,7 +19,6 @@ import copy
 import datetime as _dt
 import io
 import json
-import time
 import warnings
 from pathlib import Path
 
@@ -250,10 +249,3 @@ def _check_signature(proto, info, *, source: str) -> None:
             f"{source}: the model has {shape_out[1]} outputs but the metadata lists "
             f"{info.num_classes} classes"
         )
-
-
-def time_export(model, path, *, metadata, image_size, exporter) -> float:
-    """export_onnx's wall time in seconds (for the exporter comparison in the report)."""
-    t0 = time.perf_counter()
-    export_onnx(model, path, metadata=metadata, image_size=image_size, exporter=exporter)
-    return time.perf_counter() - t0

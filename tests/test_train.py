@@ -203,3 +203,41 @@ def test_sigkill_mid_epoch_then_rerun_matches_uninterrupted(data, tmp_path):
         torch.load(tmp_path / "a" / MODEL / "seed0" / "best.pt")["state_dict"]["fc.weight"],
         torch.load(tmp_path / "b" / MODEL / "seed0" / "best.pt")["state_dict"]["fc.weight"],
     )
+
+
+def test_pipeline_efficiency_splits_the_real_steps_into_data_and_compute(
+    data, tmp_path, monkeypatch
+):
+    """A data path made 30 ms slower per batch must show up as data time, not compute, and
+    evaluation time (made 0.2 s slower per call) must not count as training time."""
+    from bench import train
+
+    slow_inputs, slow_eval = train.Context.train_inputs, train.evaluate
+
+    def train_inputs(self, idx, generator):
+        time.sleep(0.03)
+        return slow_inputs(self, idx, generator)
+
+    def evaluate(*args, **kwargs):
+        time.sleep(0.2)
+        return slow_eval(*args, **kwargs)
+
+    monkeypatch.setattr(train.Context, "train_inputs", train_inputs)
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    results, code = bench_run.run(
+        tiny_recipe(epochs=2), tiny_opts(data, tmp_path / "o"), NullReporter()
+    )
+    assert code == 0
+    (row,) = results["rows"]
+    assert row["data_ms_per_step"] >= 30
+    expected = row["compute_ms_per_step"] / (row["data_ms_per_step"] + row["compute_ms_per_step"])
+    assert row["pipeline_efficiency"] == pytest.approx(expected) and row["pipeline_efficiency"] < 1
+    history = list(csv.DictReader(open(tmp_path / "o" / MODEL / "seed0" / "history.csv")))
+    for h in history:
+        # data + compute account for the timed loop (the rest is loop overhead: small)
+        steps_s = (float(h["data_ms_per_step"]) + float(h["compute_ms_per_step"])) / 1e3
+        n_steps = float(h["train_seconds"]) / steps_s
+        assert 0.9 * n_steps <= 6 <= 1.1 * n_steps + 1  # 48 training images / batch 8
+    # 2 per-epoch validations + best-checkpoint evaluation (+ test) each slept 0.2 s
+    assert row["eval_seconds"] >= 0.6
+    assert row["train_seconds"] == pytest.approx(sum(float(h["train_seconds"]) for h in history))

@@ -20,7 +20,6 @@ from bench.speed.maxbatch import decay_batch_step, find_max_batch, is_oom
 from bench.speed.pareto import pareto_front, plot_accuracy_vs_latency
 from bench.speed.size import count_gflops, count_params, file_size_mb
 from bench.speed.timing import Timing, measure, measure_with_contention, summarize, throughput_img_s
-from bench.speed.training import pipeline_efficiency, training_compute_throughput
 
 __all__ = [
     "Backend",
@@ -40,12 +39,10 @@ __all__ = [
     "measure",
     "measure_with_contention",
     "pareto_front",
-    "pipeline_efficiency",
     "plot_accuracy_vs_latency",
     "run_interleaved",
     "speed_rows_for_model",
     "speedup",
     "summarize",
     "throughput_img_s",
-    "training_compute_throughput",
 ]
