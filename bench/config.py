@@ -64,12 +64,16 @@ class Recipe:
     """Seed of the train/validation split (independent of the training seeds)."""
     limit_per_class: int | None = None
     """Use a stratified subset of N images per class (quick looks, tests)."""
-    amp: bool = True
-    """Mixed precision (bf16 where supported, else fp16) on CUDA; ignored on CPU."""
+    amp: str = "auto"
+    """auto | bf16 | fp16 | off. Training precision. auto: on CUDA bf16 where the GPU has it,
+    else fp16 with GradScaler; on a CPU with AVX512_BF16 or AMX bf16 autocast; on other CPUs
+    fp32 (bf16 would be emulated, slower). Rows say which precision trained and why (amp,
+    amp_reason)."""
     channels_last: bool = True
-    """channels_last memory format (faster convolutions on CUDA and on CPU oneDNN)."""
-    eval_batch_size: int = 64
-    """Batch size for validation and the parity check."""
+    """channels_last memory format where it is faster: on CUDA; on CPU it was measured slower
+    for training (see README), so the flag has no effect there."""
+    eval_batch_size: int = 128
+    """Batch size for validation, test and the parity check (no gradients: larger is cheaper)."""
 
     def __post_init__(self):
         _check(self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
@@ -100,6 +104,12 @@ class Recipe:
             self.limit_per_class,
         )
         _check(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1", 0)
+        _check(
+            self.amp in ("auto", "bf16", "fp16", "off"),
+            "amp",
+            "must be auto, bf16, fp16 or off",
+            self.amp,
+        )
         w = self.weights
         _check(
             w in ("auto", "imagenet", "none") or Path(w).suffix in (".pt", ".pth"),
@@ -151,6 +161,9 @@ class RunOptions:
     """Bit-reproducible runs (deterministic kernels; CPU runs resume to identical results)."""
     threads: int | None = None
     """CPU threads for torch and ONNX Runtime (default: torch's default)."""
+    compile: bool = False
+    """torch.compile (inductor) for training and evaluation; compile time is reported apart
+    (compile_seconds) and a failure falls back to eager with the reason (compile_error)."""
     quick: bool = False
     """Preset for a first look on a CPU: 20 images per class, 64 px, 2 epochs."""
     export: str = "pareto"

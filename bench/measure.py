@@ -119,7 +119,7 @@ def training_row(row: dict, ctx) -> dict:
         "phase": "train",
         "runtime": "torch",
         "provider": ctx.device.type,
-        "precision": str(ctx.amp_dtype).removeprefix("torch.") if ctx.amp_dtype else "fp32",
+        "precision": row.get("amp") or ctx.precision.name,
         "batch_size": ctx.recipe.batch_size,
         "image_size": ctx.recipe.image_size,
         "threads": torch.get_num_threads(),

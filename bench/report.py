@@ -20,6 +20,8 @@ ROW_COLUMNS = [
     "status",
     "error",
     "weights",
+    "amp",
+    "amp_reason",
     "val_accuracy",
     "val_accuracy_ci95_low",
     "val_accuracy_ci95_high",
@@ -32,6 +34,8 @@ ROW_COLUMNS = [
     "head_lr",
     "train_seconds",
     "eval_seconds",
+    "compile_seconds",
+    "compile_error",
     "train_img_s",
     "data_ms_per_step",
     "compute_ms_per_step",
@@ -79,6 +83,7 @@ def summarize_models(rows: list[dict]) -> list[dict]:
             "seeds": len(mine),
             "failed": len(mine) - len(ok),
             "weights": mine[0].get("weights"),
+            "amp": mine[0].get("amp"),
             "val_accuracy_mean": None,
             "val_accuracy_std": None,
             "val_accuracy_ci95": None,
@@ -144,6 +149,7 @@ def summary_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     head = [
         "model",
         "weights",
+        "precision",
         "params (M)",
         "GFLOPs",
         "val acc [95% CI]",
@@ -162,6 +168,7 @@ def summary_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             [
                 s["model"],
                 str(s["weights"]),
+                s.get("amp") or "-",
                 _num(s["params_m"], ".1f"),
                 _num(s["gflops"], ".2f"),
                 _acc_cell(s),
@@ -352,6 +359,7 @@ def markdown(results: dict) -> str:
             + ". Weights used: "
             + ", ".join(f"{m}: {w}" for m, w in results.get("weights", {}).items())
         )
+    parts += training_notes(results)
     if results.get("rows"):
         parts += ["## Accuracy", _md_table(*summary_table_rows(results))]
         methods = {s["ci_method"] for s in summarize_models(results["rows"]) if s["ci_method"]}
@@ -435,6 +443,41 @@ def markdown(results: dict) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _minutes(seconds) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def training_notes(results: dict) -> list[str]:
+    """How the models were trained (precision and why, compile) and the sweep's wall time,
+    expected against actual."""
+    notes = []
+    p = results.get("precision")
+    if p:
+        notes.append(f"Training precision: **{p['amp']}** ({p['amp_reason']}).")
+    if results.get("compile"):
+        failed = [r for r in results.get("rows", []) if r.get("compile_error")]
+        notes.append(
+            "torch.compile (inductor): compile time is reported apart from training time "
+            "(`compile_seconds`)"
+            + (
+                "; fell back to eager for "
+                + ", ".join(f"{r['model']} ({r['compile_error']})" for r in failed)
+                if failed
+                else ""
+            )
+            + "."
+        )
+    sw = results.get("sweep") or {}
+    if sw:
+        notes.append(
+            f"Sweep wall time (this invocation): expected {_minutes(sw.get('train_seconds_expected'))}"
+            f" of training ({sw.get('expected_from', 'no estimate: too few batches')}); actual "
+            f"{_minutes(sw.get('train_seconds_actual'))} of training (with per-epoch "
+            f"evaluation), {_minutes(sw.get('seconds_actual'))} for the whole command."
+        )
+    return notes
+
+
 def _cell(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -500,6 +543,8 @@ def print_tables(results: dict, console) -> None:
         console.print(t)
 
     label = " (QUICK preset: a first look, not a benchmark)" if results.get("quick") else ""
+    for note in training_notes(results):
+        console.print(note.replace("**", ""), markup=False)
     if results.get("rows"):
         show("accuracy" + label, *summary_table_rows(results))
     isa = f" on {cpu_isa_text(results.get('environment', {}))}"

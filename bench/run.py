@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import traceback
 from pathlib import Path
 
 import torch
 
 from bench import report
+from bench.amp import resolve_precision
 from bench.config import ConfigError, Recipe, RunOptions, to_dict
 from bench.device import pick_device
 from bench.device import utc_now as _now
@@ -92,9 +94,38 @@ def dataset_record(ds, split) -> dict:
     }
 
 
-def recipe_fingerprint(recipe: Recipe, ds, split) -> str:
-    blob = json.dumps([to_dict(recipe), ds.dataset_hash, split.split_hash], sort_keys=True)
+def _fingerprint(recipe_dict: dict, ds, split) -> str:
+    blob = json.dumps([recipe_dict, ds.dataset_hash, split.split_hash], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Recipe fields that change how fast a model trains or evaluates, never what it learns.
+_EXECUTION_ONLY = ("eval_batch_size",)
+
+
+def recipe_fingerprint(recipe: Recipe, ds, split, precision: str) -> str:
+    """What the trained weights depend on: the recipe with --amp resolved to the precision
+    actually used (auto means fp32 on one CPU and bf16 on another), data and split."""
+    d = {**to_dict(recipe), "amp": precision}
+    for key in _EXECUTION_ONLY:
+        d.pop(key)
+    return _fingerprint(d, ds, split)
+
+
+def legacy_fingerprints(recipe: Recipe, ds, split, precision: str, device) -> set[str]:
+    """The fingerprints neu-bench gave the same training before --amp had choices (amp was a
+    bool, used on CUDA only; eval_batch_size, default 64, was hashed too), so runs started
+    then still resume."""
+    if device.type == "cuda":
+        old_auto = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        amps = [True] if precision == old_auto else [False] if precision == "fp32" else []
+    else:
+        amps = [True, False] if precision == "fp32" else []
+    return {
+        _fingerprint({**to_dict(recipe), "amp": amp, "eval_batch_size": ebs}, ds, split)
+        for amp in amps
+        for ebs in {recipe.eval_batch_size, 64}
+    }
 
 
 def failed_row(name: str, seed: int, error: BaseException, weights: str) -> dict:
@@ -115,6 +146,7 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
     from bench import speed
     from neu.split import save_manifest
 
+    started = time.perf_counter()
     names = resolve_models(opts.models)  # unknown names fail here, before any work
     seeds = opts.seed_list
     device = pick_device(opts.device)
@@ -124,13 +156,17 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
     name = opts.name or default_name(recipe, opts, names)
     out = Path(opts.out or Path("runs") / name)
     out.mkdir(parents=True, exist_ok=True)
-    fingerprint = recipe_fingerprint(recipe, ds, split)
+    precision = resolve_precision(device, recipe.amp)
+    fingerprint = recipe_fingerprint(recipe, ds, split, precision.name)
+    accepted = {fingerprint} | legacy_fingerprints(recipe, ds, split, precision.name, device)
     previous = out / "results.json"
     if previous.exists():
         old = json.loads(previous.read_text())
-        if old.get("recipe_hash") != fingerprint:
+        if old.get("recipe_hash") in accepted:
+            fingerprint = old["recipe_hash"]  # an older version's run keeps its hash
+        else:
             raise ConfigError(
-                f"--out {out} holds a run with another recipe or dataset "
+                f"--out {out} holds a run with another recipe, precision or dataset "
                 f"({old.get('recipe_hash')} != {fingerprint}); pick a new --out/--name "
                 "or delete that folder"
             )
@@ -161,6 +197,7 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
             "here; --quick gives a first look in minutes. An estimate follows after the "
             "first batches."
         )
+    reporter.log(f"training precision: {precision.name} ({precision.reason})")
 
     env = speed.environment()
     results = {
@@ -174,7 +211,10 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
         "environment": {**env, "device": _device_name(device, env)},
         "dataset": dataset_record(ds, split),
         "weights": weights,
+        "precision": {"amp": precision.name, "amp_reason": precision.reason},
+        "compile": opts.compile,
         "models": model_info,
+        "sweep": {},
         "rows": [],
         "speed": [],
         "exports": [],
@@ -190,9 +230,11 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
         deterministic=opts.deterministic,
         speed_min_seconds=opts.speed_min_seconds,
         speed_min_iters=opts.speed_min_iters,
+        compile=opts.compile,
     )
-    reporter.estimate = _estimator(model_info, names, seeds)
+    reporter.estimate = _estimator(model_info, names, seeds, results["sweep"])
     reporter.start_sweep(len(names) * len(seeds))
+    train_started = time.perf_counter()
     for n in names:
         for seed in seeds:
             folder = out / n / f"seed{seed}"
@@ -205,12 +247,14 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
                     weights=weights[n],
                     reporter=reporter,
                     recipe_hash=fingerprint,
+                    legacy_hashes=accepted,
                 )
                 row.update(model_info[n])
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # one model's failure must not stop the sweep
                 row = failed_row(n, seed, e, weights[n])
+                row.update(amp=precision.name, amp_reason=precision.reason)
                 (folder / "error.txt").parent.mkdir(parents=True, exist_ok=True)
                 from neu._io import atomic_write_text
 
@@ -219,6 +263,7 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
                     torch.cuda.empty_cache()
             results["rows"].append(row)
             reporter.end_model(row)
+            results["sweep"]["train_seconds_actual"] = time.perf_counter() - train_started
             report.write_outputs(out, results)
 
     if opts.speed:
@@ -230,6 +275,7 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
 
     export_and_verify(results, out, ctx, opts, reporter)
     results["updated"] = _now()
+    results["sweep"]["seconds_actual"] = time.perf_counter() - started
     failed = [r for r in results["rows"] if r["status"] != "ok"]
     parity_failed = [e for e in results["exports"] if not e.get("parity_passed")]
     results["status"] = "ok" if not failed and not parity_failed else "failed"
@@ -243,8 +289,12 @@ def _device_name(device: torch.device, env: dict) -> str:
     return env.get("cpu") or "cpu"
 
 
-def _estimator(model_info: dict, names: list[str], seeds: list[int]):
-    """After a model's first batches: its time, and the sweep's, scaled by GFLOPs."""
+def _estimator(model_info: dict, names: list[str], seeds: list[int], record: dict):
+    """After a model's first batches: its time, and the sweep's, scaled by GFLOPs.
+
+    The first estimate of this invocation goes into `record` (results.json `sweep`) so the
+    report can set it beside the wall time actually taken.
+    """
 
     def estimate(name, seconds_per_batch, batches, epochs):
         this = seconds_per_batch * batches * epochs
@@ -253,6 +303,12 @@ def _estimator(model_info: dict, names: list[str], seeds: list[int]):
             return f"estimate: {name} ~{this / 60:.1f} min per seed"
         per_gflop = this / flops[name]
         total = sum(per_gflop * f for f in flops.values()) * len(seeds)
+        if "train_seconds_expected" not in record:
+            record.update(
+                train_seconds_expected=total,
+                expected_from=f"{name}: {seconds_per_batch:.3f} s per batch over its first "
+                "batches, scaled to every model by GFLOPs; training epochs only",
+            )
         return (
             f"estimate: {name} ~{this / 60:.1f} min per seed; whole sweep "
             f"~{total / 60:.0f} min (scaled by GFLOPs, training only)"

@@ -8,7 +8,6 @@ so an epoch replayed after a crash draws the same crops, flips and order as it w
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from bench import metrics as M
+from bench.amp import resolve_precision
 from bench.config import Recipe
 from bench.registry import build_model, head_parameter_names
 from neu._io import atomic_path, atomic_write_json, atomic_write_text
@@ -56,6 +56,8 @@ class Context:
     speed_min_seconds: float = 1.0
     speed_min_iters: int = 20
 
+    compile: bool = False
+
     def __post_init__(self):
         self.images = self.dataset.images.to(self.device)
         self.labels = torch.as_tensor(np.asarray(self.dataset.labels), device=self.device)
@@ -63,14 +65,20 @@ class Context:
         self.val_idx = torch.as_tensor(np.asarray(self.split.val), device=self.device)
         self.test_idx = torch.as_tensor(np.asarray(self.split.test), device=self.device)
         self.classes = list(self.dataset.classes)
-        self.amp_dtype = None
-        if self.device.type == "cuda" and self.recipe.amp:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # On the device once: a Python list would be copied from pageable memory every batch,
+        # which synchronises the CUDA stream.
+        self.mean = torch.tensor(self.split.mean, dtype=torch.float32, device=self.device)
+        self.std = torch.tensor(self.split.std, dtype=torch.float32, device=self.device)
+        self.precision = resolve_precision(self.device, self.recipe.amp)
+        self.amp_dtype = self.precision.dtype
+        self.memory_format = (
+            torch.channels_last
+            if self.recipe.channels_last and uses_channels_last(self.device)
+            else torch.contiguous_format
+        )
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return self.precision.autocast()
 
     def sync(self):
         if self.device.type == "cuda":
@@ -81,12 +89,12 @@ class Context:
         return train_batch(
             self.images.index_select(0, idx),
             image_size=r.image_size,
-            mean=self.split.mean,
-            std=self.split.std,
+            mean=self.mean,
+            std=self.std,
             generator=generator,
             scale=(r.crop_scale_min, 1.0),
             hflip=r.hflip,
-            memory_format=torch.channels_last if r.channels_last else torch.contiguous_format,
+            memory_format=self.memory_format,
         )
 
     def eval_inputs(self, idx: torch.Tensor) -> torch.Tensor:
@@ -94,10 +102,16 @@ class Context:
         x = eval_batch(
             self.images.index_select(0, idx),
             image_size=r.image_size,
-            mean=self.split.mean,
-            std=self.split.std,
+            mean=self.mean,
+            std=self.std,
         )
-        return x.contiguous(memory_format=torch.channels_last) if r.channels_last else x
+        return x.contiguous(memory_format=self.memory_format)
+
+
+def uses_channels_last(device: torch.device) -> bool:
+    """Whether --channels-last applies on this device: cuDNN's NHWC kernels (tensor cores) win
+    on CUDA; on CPU training was measured slower in channels_last (README), so never there."""
+    return device.type == "cuda"
 
 
 class StepClock:
@@ -180,9 +194,86 @@ def evaluate(model: nn.Module, ctx: Context, idx: torch.Tensor) -> tuple[float, 
         with ctx.autocast():
             logits = model(ctx.eval_inputs(b)).float()
         losses.append(nn.functional.cross_entropy(logits, ctx.labels[b], reduction="sum"))
-        outputs.append(logits.cpu())
+        outputs.append(
+            logits
+        )  # stays on the device: one copy to the host at the end, not one sync per batch
     n = max(len(idx), 1)
-    return float(torch.stack(losses).sum()) / n, torch.cat(outputs).numpy()
+    if not outputs:
+        return 0.0, np.zeros((0, len(ctx.classes)), np.float32)
+    return float(torch.stack(losses).sum()) / n, torch.cat(outputs).cpu().numpy()
+
+
+def _batch_sizes(n: int, batch_size: int, *, drop_single: bool) -> list[int]:
+    """The distinct batch sizes a pass over n items in batches of batch_size produces."""
+    sizes = [batch_size] if n >= batch_size else []
+    rest = n % batch_size
+    if rest > (1 if drop_single else 0):
+        sizes.append(rest)
+    return sizes
+
+
+def compile_model(model: nn.Module, ctx: Context, loss_fn) -> tuple[nn.Module, dict]:
+    """torch.compile (inductor) `model` and compile it now, for every batch shape training and
+    evaluation will see, so compile time is reported apart from epoch time.
+
+    The warm-up runs forward+backward on random inputs, so weights, BatchNorm statistics,
+    gradients and the global RNG are restored afterwards: training starts exactly where eager
+    would. Any failure (no C++ compiler, an unsupported op) falls back to eager with the reason.
+    The returned module shares its parameters with `model`; save `model`'s state_dict, which
+    has no `_orig_mod.` prefixes.
+    """
+    r = ctx.recipe
+    info = {"compile": True, "compile_seconds": None, "compile_error": None}
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    train_sizes = _batch_sizes(len(ctx.train_idx), r.batch_size, drop_single=True)
+    eval_sizes = {
+        b
+        for idx in (ctx.val_idx, ctx.test_idx)
+        for b in _batch_sizes(len(idx), r.eval_batch_size, drop_single=False)
+    }
+    gen = torch.Generator().manual_seed(0)
+
+    def inputs(b: int) -> torch.Tensor:
+        x = torch.randn((b, 3, r.image_size, r.image_size), generator=gen)
+        return x.to(ctx.device).contiguous(memory_format=ctx.memory_format)
+
+    t0 = time.perf_counter()
+    # dynamic=False: a few fixed shapes, each specialised, rather than slower symbolic kernels.
+    compiled = torch.compile(model, dynamic=False)
+    try:
+        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+            model.train()
+            for b in train_sizes:
+                y = torch.zeros(b, dtype=torch.long, device=ctx.device)
+                with ctx.autocast():
+                    loss = loss_fn(compiled(inputs(b)), y)
+                loss.backward()
+            model.eval()
+            with torch.inference_mode():
+                for b in sorted(eval_sizes):
+                    with ctx.autocast():
+                        compiled(inputs(b))
+        ctx.sync()
+    except Exception as e:  # eager still trains; the row says why compile did not happen
+        first_line = (str(e).strip().splitlines() or [""])[0][:300]
+        info.update(compile=False, compile_error=f"{type(e).__name__}: {first_line}")
+        compiled = model
+    finally:
+        model.load_state_dict(saved)
+        model.zero_grad(set_to_none=True)
+    info["compile_seconds"] = time.perf_counter() - t0
+    return compiled, info
+
+
+def train_step(net, opt, scaler, loss_fn, x, y, autocast) -> torch.Tensor:
+    """One optimisation step; returns the detached loss (on the device: no host sync)."""
+    with autocast():
+        loss = loss_fn(net(x), y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss.detach()
 
 
 def _save_torch(obj, path: Path) -> None:
@@ -207,6 +298,7 @@ def train_one(
     weights: str,
     reporter=None,
     recipe_hash: str = "",
+    legacy_hashes: frozenset[str] | set[str] = frozenset(),
 ) -> dict:
     """Train `name` with `seed` into `folder`; return its result row (status 'ok').
 
@@ -225,11 +317,9 @@ def train_one(
 
     torch.manual_seed(_derive_seed(seed, "init"))
     model = build_model(name, num_classes=len(ctx.classes), weights=weights)
-    model = model.to(ctx.device)
-    if r.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(ctx.device, memory_format=ctx.memory_format)
     opt, sched = make_optimizer(model, r, weights)
-    scaler = torch.amp.GradScaler("cuda", enabled=ctx.amp_dtype == torch.float16)
+    scaler = ctx.precision.grad_scaler()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
 
     history: list[dict] = []
@@ -237,7 +327,7 @@ def train_one(
     start_epoch = 0
     if last_path.exists():
         state = torch.load(last_path, map_location=ctx.device, weights_only=True)
-        if state.get("recipe_hash") != recipe_hash:
+        if state.get("recipe_hash") not in {recipe_hash, *legacy_hashes}:
             raise RuntimeError(
                 f"{last_path} was written by a different recipe or split; delete it or use "
                 "another --out to start this model afresh"
@@ -249,6 +339,16 @@ def train_one(
         history, best, start_epoch = state["history"], state["best"], state["epoch"]
         reporter.log(f"{name} seed {seed}: resuming after epoch {start_epoch} ({last_path})")
 
+    # `net` runs the batches; `model` (the same parameters) is what checkpoints save.
+    net, compiled = model, {"compile": False, "compile_seconds": None, "compile_error": None}
+    if ctx.compile and start_epoch < r.epochs:
+        reporter.log(f"{name} seed {seed}: compiling (torch.compile, inductor)")
+        net, compiled = compile_model(model, ctx, loss_fn)
+        if compiled["compile_error"]:
+            reporter.warn(
+                f"{name}: torch.compile failed, training eager: {compiled['compile_error']}"
+            )
+
     n_train = len(ctx.train_idx)
     # A last batch of one sample breaks BatchNorm in training mode: drop only that case.
     n_batches = n_train // r.batch_size + (1 if n_train % r.batch_size > 1 else 0)
@@ -259,7 +359,7 @@ def train_one(
         torch.manual_seed(epoch_seed)  # dropout (VGG) and anything else on the global RNG
         gen = torch.Generator().manual_seed(epoch_seed)
         order = ctx.train_idx[torch.randperm(n_train, generator=gen).to(ctx.device)]
-        model.train()
+        net.train()
         ctx.sync()
         t0 = time.perf_counter()
         loss_sum, seen = torch.zeros((), device=ctx.device), 0
@@ -270,14 +370,9 @@ def train_one(
             x = ctx.train_inputs(idx, gen)
             y = ctx.labels.index_select(0, idx)
             middle = clock.mark()
-            with ctx.autocast():
-                loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            loss = train_step(net, opt, scaler, loss_fn, x, y, ctx.autocast)
             clock.step(start, middle, clock.mark())
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += loss * len(idx)
             seen += len(idx)
             reporter.batch(b + 1, elapsed=time.perf_counter() - t0)
         ctx.sync()
@@ -286,7 +381,7 @@ def train_one(
         lrs = [g["lr"] for g in opt.param_groups]
         sched.step()  # once per epoch: the tutorial's per-batch stepping decayed lr 45x too fast
         t_eval = time.perf_counter()
-        val_loss, logits = evaluate(model, ctx, ctx.val_idx)
+        val_loss, logits = evaluate(net, ctx, ctx.val_idx)
         val_acc = float((logits.argmax(1) == ctx.labels[ctx.val_idx].cpu().numpy()).mean())
         record = {
             "epoch": epoch + 1,
@@ -326,7 +421,10 @@ def train_one(
         _write_history(folder / "history.csv", history)
         reporter.epoch_end(record)
 
-    row, details = _final_metrics(name, seed, ctx, folder, model, opt, loss_fn, history, weights)
+    row, details = _final_metrics(
+        name, seed, ctx, folder, model, net, opt, loss_fn, history, weights
+    )
+    row.update(compiled)
     atomic_write_json(done, {"row": row, **details})
     last_path.unlink(missing_ok=True)  # done: best.pt and metrics.json are what remain
     return row
@@ -375,12 +473,12 @@ def _steady_pipeline(history: list[dict]) -> dict:
     return pipeline_figures(data_s, sum(h["compute_seconds"] for h in timed), steps)
 
 
-def _final_metrics(name, seed, ctx: Context, folder, model, opt, loss_fn, history, weights):
+def _final_metrics(name, seed, ctx: Context, folder, model, net, opt, loss_fn, history, weights):
     t_eval = time.perf_counter()
     state = torch.load(folder / "best.pt", map_location=ctx.device, weights_only=True)
     model.load_state_dict(state["state_dict"])
     labels = ctx.labels[ctx.val_idx].cpu().numpy()
-    val_loss, logits = evaluate(model, ctx, ctx.val_idx)
+    val_loss, logits = evaluate(net, ctx, ctx.val_idx)
     preds = logits.argmax(1)
     cm = M.confusion_matrix(labels, preds, len(ctx.classes))
     report = M.classification_report(cm, ctx.classes)
@@ -406,6 +504,8 @@ def _final_metrics(name, seed, ctx: Context, folder, model, opt, loss_fn, histor
         "status": "ok",
         "error": None,
         "weights": weights,
+        "amp": ctx.precision.name,
+        "amp_reason": ctx.precision.reason,
         "lr": lr,
         "head_lr": head_lr,
         "epochs": len(history),
@@ -428,7 +528,7 @@ def _final_metrics(name, seed, ctx: Context, folder, model, opt, loss_fn, histor
     }
     if len(ctx.test_idx):
         test_labels = ctx.labels[ctx.test_idx].cpu().numpy()
-        _, test_logits = evaluate(model, ctx, ctx.test_idx)
+        _, test_logits = evaluate(net, ctx, ctx.test_idx)
         row["test_accuracy"] = float((test_logits.argmax(1) == test_labels).mean())
     row["eval_seconds"] += time.perf_counter() - t_eval  # + the final evaluation
     details = {

@@ -1,6 +1,8 @@
 """The harness end to end on a miniature NEU set: outputs, recipe, resume, failure isolation."""
 
 import csv
+import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 import bench.run as bench_run
+from bench.amp import resolve_precision
 from bench.config import Recipe, RunOptions
 from bench.registry import build_model
 from bench.train import make_optimizer
@@ -68,6 +71,13 @@ def test_run_writes_every_output(finished):
     for key in ("model", "seed", "status", "error", "val_accuracy", "macro_f1", "train_seconds"):
         assert key in row
     assert row["status"] == "ok" and row["error"] is None and row["weights"] == "none"
+    # Which precision trained the model and why, in the row, the run record and the report.
+    auto = resolve_precision(torch.device("cpu"), "auto")
+    assert (row["amp"], row["amp_reason"]) == (auto.name, auto.reason)
+    assert on_disk["precision"] == {"amp": auto.name, "amp_reason": auto.reason}
+    assert row["compile"] is False and row["compile_error"] is None
+    sweep = on_disk["sweep"]
+    assert 0 < sweep["train_seconds_actual"] <= sweep["seconds_actual"]
     assert 0 <= row["val_accuracy"] <= 1
     assert on_disk["recipe"]["image_size"] == 32
     assert on_disk["dataset"]["dataset_hash"] and on_disk["environment"]["torch"]
@@ -78,6 +88,8 @@ def test_run_writes_every_output(finished):
     with open(out / "results.csv") as f:
         assert next(csv.DictReader(f))["model"] == MODEL
     report = (out / "report.md").read_text()
+    assert f"Training precision: **{auto.name}** ({auto.reason})" in report
+    assert "Sweep wall time" in report
     assert "Confusion matrix" in report and "Clopper-Pearson" in report
     assert "| class | precision | recall | F1 | support |" in report
     if row["val_correct"] < row["val_images"]:
@@ -122,6 +134,43 @@ def test_other_recipe_in_same_folder_is_refused(finished, data):
     out, _, _ = finished
     with pytest.raises(ValueError, match="another recipe"):
         bench_run.run(tiny_recipe(epochs=4), tiny_opts(data, out), NullReporter())
+
+
+def test_another_precision_in_same_folder_is_refused(finished, data):
+    out, results, _ = finished
+    other = "bf16" if results["precision"]["amp"] == "fp32" else "off"
+    with pytest.raises(ValueError, match="precision"):
+        bench_run.run(tiny_recipe(amp=other), tiny_opts(data, out), NullReporter())
+
+
+def _legacy_hash(recipe: Recipe, dataset: dict) -> str:
+    """How neu-bench fingerprinted a recipe before --amp had choices (amp was a bool)."""
+    old = {**dataclasses.asdict(recipe), "amp": True}
+    blob = json.dumps([old, dataset["dataset_hash"], dataset["split_hash"]], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def test_run_started_before_amp_choices_still_resumes(data, finished, tmp_path):
+    if finished[1]["precision"]["amp"] != "fp32":
+        pytest.skip("the old version trained fp32 on every CPU; this one picks bf16 here")
+    log = []
+
+    class Log(StopAfter):
+        def log(self, message):
+            log.append(message)
+
+    with pytest.raises(KeyboardInterrupt):
+        bench_run.run(tiny_recipe(), tiny_opts(data, tmp_path), StopAfter(1))
+    legacy = _legacy_hash(tiny_recipe(), finished[1]["dataset"])
+    last = tmp_path / MODEL / "seed0" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state["recipe_hash"] = legacy
+    torch.save(state, last)
+    (tmp_path / "results.json").write_text(json.dumps({"recipe_hash": legacy}))
+    resumed, code = bench_run.run(tiny_recipe(), tiny_opts(data, tmp_path), Log(-1))
+    assert code == 0 and resumed["recipe_hash"] == legacy
+    assert any("resuming after epoch 1" in m for m in log)
+    assert _metrics(resumed) == _metrics(finished[1])
 
 
 def test_one_failure_is_recorded_and_the_sweep_continues(data, tmp_path, monkeypatch):
