@@ -54,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
         help="rounds, alternating runtimes; rows give the median and spread (default 3)",
     )
 
+    from bench.trainspeed import TrainSpeedOptions
+
+    ts = sub.add_parser(
+        "train-speed",
+        help="training img/s of each model in fp32 vs mixed precision (and compile), as ratios",
+        description="Trains each model a few steps per precision, interleaved in one process, "
+        "and prints img/s and the ratio to fp32 with the CPU's instruction sets.",
+    )
+    add_dataclass_args(ts, TrainSpeedOptions, title="train-speed")
+
     ls = sub.add_parser("list", help="the model registry with params and GFLOPs")
     ls.add_argument("--image-size", type=int, default=200)
     ls.add_argument("--num-classes", type=int, default=6)
@@ -70,6 +80,8 @@ def main(argv=None) -> int:
             return _speed(args, console)
         if args.command == "list":
             return _list(args, console)
+        if args.command == "train-speed":
+            return _train_speed(args, console)
     except ConfigError as e:
         console.print(f"error: {e}", style="bold red", markup=False)
         return 2
@@ -137,6 +149,32 @@ def _speed(args, console) -> int:
         reporter.close()
     print_tables(results, console)
     console.print(f"results: {out}/results.json, report: {out}/report.md", markup=False)
+    return 0
+
+
+def _train_speed(args, console) -> int:
+    from rich.table import Table
+
+    from bench.trainspeed import TrainSpeedOptions, table_rows, train_speed
+
+    opts = TrainSpeedOptions(**{k: v for k, v in vars(args).items() if k != "command"})
+    results = train_speed(opts, log=lambda m: console.print(m, markup=False))
+    env = results["environment"]
+    head, body = table_rows(results)
+    table = Table(
+        title=f"training speed, batch {opts.batch_size}, {opts.image_size} px, "
+        f"{env['torch_threads']} threads, {env['cpu']} ({env['isa_label']})"
+    )
+    for h in head:
+        table.add_column(h)
+    for row in body:
+        table.add_row(*row)
+    console.print(table)
+    for reason in dict.fromkeys(r["amp_reason"] for r in results["rows"]):
+        console.print(f"precision: {reason}", markup=False)
+    for r in results["rows"]:
+        if r["error"]:
+            console.print(f"{r['model']} {r['variant']}: {r['error']}", markup=False)
     return 0
 
 

@@ -74,3 +74,14 @@ def test_compile_failure_falls_back_to_eager_with_the_reason(data, tmp_path, mon
     assert row["compile_error"] == "RuntimeError: InductorError: no C++ compiler found (simulated)"
     assert row["compile_seconds"] >= 0
     assert "fell back to eager" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.needs_cuda
+def test_compiled_training_on_cuda(data, tmp_path, monkeypatch):
+    results, code = _run(data, tmp_path, monkeypatch, compile=True, device="cuda")
+    assert code == 0
+    (row,) = results["rows"]
+    assert row["compile"] is True and row["compile_error"] is None, row["compile_error"]
+    assert row["amp"] == results["precision"]["amp"] != "fp32"
+    state = torch.load(tmp_path / MODEL / "seed0" / "best.pt", weights_only=True)
+    assert not [k for k in state["state_dict"] if "_orig_mod" in k]
