@@ -71,10 +71,10 @@ class Context:
         self.std = torch.tensor(self.split.std, dtype=torch.float32, device=self.device)
         self.precision = resolve_precision(self.device, self.recipe.amp)
         self.amp_dtype = self.precision.dtype
+        # channels_last on CPU too: on an AMX Xeon ResNet-50 trained 1.4x (fp32) and 2.4x
+        # (bf16) faster than in contiguous format (README, bench train-speed).
         self.memory_format = (
-            torch.channels_last
-            if self.recipe.channels_last and uses_channels_last(self.device)
-            else torch.contiguous_format
+            torch.channels_last if self.recipe.channels_last else torch.contiguous_format
         )
 
     def autocast(self):
@@ -106,12 +106,6 @@ class Context:
             std=self.std,
         )
         return x.contiguous(memory_format=self.memory_format)
-
-
-def uses_channels_last(device: torch.device) -> bool:
-    """Whether --channels-last applies on this device: cuDNN's NHWC kernels (tensor cores) win
-    on CUDA; on CPU training was measured slower in channels_last (README), so never there."""
-    return device.type == "cuda"
 
 
 class StepClock:

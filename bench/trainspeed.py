@@ -23,7 +23,7 @@ from bench import cpu, speed
 from bench.amp import resolve_precision
 from bench.config import ConfigError, _check
 from bench.registry import build_model, resolve_models
-from bench.train import train_step, uses_channels_last
+from bench.train import train_step
 
 
 @dataclass
@@ -48,6 +48,8 @@ class TrainSpeedOptions:
     """auto (CUDA when available) | cpu | cuda | cuda:N."""
     threads: int | None = None
     """CPU threads for torch (default: torch's default)."""
+    channels_last: bool = True
+    """channels_last memory format, as `bench run` trains (--no-channels-last to compare)."""
     out: str | None = None
     """Write the results as JSON to this file too."""
 
@@ -101,7 +103,7 @@ def _variant(name: str, model: nn.Module, device: torch.device) -> _Variant:
 def measure_model(name: str, opts: TrainSpeedOptions, device: torch.device, log=print) -> list:
     """One model in every variant, interleaved; returns one row per variant."""
     torch.manual_seed(0)
-    fmt = torch.channels_last if uses_channels_last(device) else torch.contiguous_format
+    fmt = torch.channels_last if opts.channels_last else torch.contiguous_format
     model = build_model(name, num_classes=6, weights="none").to(device, memory_format=fmt)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
