@@ -163,7 +163,7 @@ def _train_speed(args, console) -> int:
     head, body = table_rows(results)
     table = Table(
         title=f"training speed, batch {opts.batch_size}, {opts.image_size} px, "
-        f"{env['torch_threads']} threads, {env['cpu']} ({env['isa_label']})"
+        f"{env['torch_threads']} threads, {env['cpu']} ({env['cpu_isa_label']})"
     )
     for h in head:
         table.add_column(h)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench import cpu, speed
+from bench import speed
 from bench.amp import resolve_precision
 from bench.config import ConfigError, _check
 from bench.registry import build_model, resolve_models
@@ -59,11 +59,12 @@ class TrainSpeedOptions:
         _check(self.batch_size >= 2, "batch_size", "must be >= 2 (BatchNorm)", self.batch_size)
         _check(self.image_size >= 16, "image_size", "must be >= 16 pixels", self.image_size)
         _check(self.threads is None or self.threads >= 1, "threads", "must be >= 1", self.threads)
-        _check(bool(self.variants), "precisions", "must name at least one variant", "")
+        self.variants  # noqa: B018 (validates --precisions)
 
     @property
     def variants(self) -> list[str]:
         names = [v.strip() for v in self.precisions.split(",") if v.strip()]
+        _check(bool(names), "precisions", "must name at least one variant", self.precisions)
         for v in names:
             precision, _, extra = v.partition("+")
             if precision not in ("fp32", "auto", "bf16", "fp16") or extra not in (
@@ -175,12 +176,10 @@ def train_speed(opts: TrainSpeedOptions, log=print) -> dict:
     from bench.run import _now, pick_device
 
     names = resolve_models(opts.models)
-    opts.variants  # noqa: B018 (bad variants fail before any work)
     device = pick_device(opts.device)
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    isa = cpu.cpu_isa()
-    env = {**speed.environment(), "cpu_isa": isa, "isa_label": cpu.isa_label(isa)}
+    env = speed.environment()  # holds cpu_isa and cpu_isa_label
     results = {"kind": "train-speed", "created": _now(), "environment": env, "rows": []}
     for name in names:
         results["rows"] += measure_model(name, opts, device, log=log)
@@ -196,7 +195,9 @@ def train_speed(opts: TrainSpeedOptions, log=print) -> dict:
 
 def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     env = results["environment"]
-    where = env.get("cuda_device") if results["rows"][0]["device"] == "cuda" else env["isa_label"]
+    where = (
+        env.get("cuda_device") if results["rows"][0]["device"] == "cuda" else env["cpu_isa_label"]
+    )
     head = ["model", "variant", "precision", "img/s", "vs fp32", "step ms", "CPU contention",
             "device / ISA"]  # fmt: skip
     body = [
