@@ -55,7 +55,6 @@ class Context:
     deterministic: bool = False
     speed_min_seconds: float = 1.0
     speed_min_iters: int = 20
-
     compile: bool = False
 
     def __post_init__(self):
@@ -188,9 +187,8 @@ def evaluate(model: nn.Module, ctx: Context, idx: torch.Tensor) -> tuple[float, 
         with ctx.autocast():
             logits = model(ctx.eval_inputs(b)).float()
         losses.append(nn.functional.cross_entropy(logits, ctx.labels[b], reduction="sum"))
-        outputs.append(
-            logits
-        )  # stays on the device: one copy to the host at the end, not one sync per batch
+        # Logits stay on the device: one copy to the host at the end, not a sync per batch.
+        outputs.append(logits)
     n = max(len(idx), 1)
     if not outputs:
         return 0.0, np.zeros((0, len(ctx.classes)), np.float32)
