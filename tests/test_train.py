@@ -290,3 +290,15 @@ def test_pipeline_efficiency_splits_the_real_steps_into_data_and_compute(
     # 2 per-epoch validations + best-checkpoint evaluation (+ test) each slept 0.2 s
     assert row["eval_seconds"] >= 0.6
     assert row["train_seconds"] == pytest.approx(sum(float(h["train_seconds"]) for h in history))
+
+
+def test_sweep_estimate_is_recorded_once_and_scaled_by_gflops():
+    info = {"a": {"gflops": 1.0}, "b": {"gflops": 3.0}}
+    record = {}
+    estimate = bench_run._estimator(info, ["a", "b"], [0, 1], record)
+    text = estimate("a", 2.0, 10, 3)  # 60 s for a; b has 3x the FLOPs; two seeds each
+    assert "whole sweep ~8 min" in text
+    assert record["train_seconds_expected"] == pytest.approx((60 + 180) * 2)
+    estimate("b", 100.0, 10, 3)  # later models refine the log line, not the start-of-run figure
+    assert record["train_seconds_expected"] == pytest.approx(480)
+    assert record["expected_from"].startswith("a: 2.000 s per batch")
