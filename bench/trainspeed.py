@@ -173,14 +173,14 @@ def measure_model(name: str, opts: TrainSpeedOptions, device: torch.device, log=
 
 
 def train_speed(opts: TrainSpeedOptions, log=print) -> dict:
-    from bench.run import _now, pick_device
+    from bench.device import pick_device, utc_now
 
     names = resolve_models(opts.models)
     device = pick_device(opts.device)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     env = speed.environment()  # holds cpu_isa and cpu_isa_label
-    results = {"kind": "train-speed", "created": _now(), "environment": env, "rows": []}
+    results = {"kind": "train-speed", "created": utc_now(), "environment": env, "rows": []}
     for name in names:
         results["rows"] += measure_model(name, opts, device, log=log)
         if device.type == "cuda":
