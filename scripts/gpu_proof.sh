@@ -11,7 +11,8 @@
 # not stop the later ones, because one run has to tell us everything that breaks.
 #
 # Environment knobs (for the CPU dry run): DEVICE (default cuda), EPOCHS (default 3),
-# EXTRA (more `bench run` flags), BUDGET_S (whole-script budget, default 480).
+# EXTRA (more `bench run` flags), TS_EXTRA (more `bench train-speed` flags), BUDGET_S
+# (whole-script budget, default 540).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,7 @@ OUTDIR=${2:?usage: gpu_proof.sh DATA_DIR OUT_DIR}
 DEVICE=${DEVICE:-cuda}
 EPOCHS=${EPOCHS:-3}
 EXTRA=${EXTRA:-}
-BUDGET_S=${BUDGET_S:-480}
+BUDGET_S=${BUDGET_S:-540}
 EXPECTED_PIXEL_DIGEST=452d74bde902b69a4bf863978f94bdff5d83cfa42511097073b8855fce6b444f
 
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -86,16 +87,26 @@ step inspect 60 python3 -m neu inspect "$DATA" --json
 #    FP32, AMP + channels_last, largest batch), export of all four, parity with ORT on CPU.
 # shellcheck disable=SC2086
 step run 360 python3 -m bench run --models all --epochs "$EPOCHS" --weights none \
-    --device "$DEVICE" --data "$DATA" --export all --out "$RUN" $EXTRA
+    --device "$DEVICE" --data "$DATA" --export all --out "$RUN" \
+    --speed-rounds 2 --speed-min-seconds 0.5 $EXTRA
 
-# 3. The tests, with CUDA present: needs_cuda tests run here and nowhere else.
+# 3. Where the training step's time goes at the recipe's batch: fp32 vs AMP vs compiled, the
+#    same steps interleaved in one process (run 1 found batch-32 training launch-bound).
+step trainspeed 120 python3 -m bench train-speed --models all --device "$DEVICE" \
+    --precisions fp32,auto --steps 20 --warmup-steps 3 --out "$WORK/trainspeed.json" ${TS_EXTRA:-}
+# Compilation takes a minute or more per model: one model, bounded on its own.
+step compile 120 python3 -m bench train-speed --models resnet50 --device "$DEVICE" \
+    --precisions auto,auto+compile --steps 20 --warmup-steps 3 \
+    --out "$WORK/trainspeed-compile.json" ${TS_EXTRA:-}
+
+# 4. The tests, with CUDA present: needs_cuda tests run here and nowhere else.
 step tests 150 python3 -m pytest tests -q -x --benchmark-disable -p no:cacheprovider \
     -m "needs_cuda or not slow"
 
 echo "total: $(($(date +%s) - T0)) s" | tee -a "$SUMMARY"
 
 # Bring back what a reader needs; checkpoints and ONNX files stay (hundreds of MB).
-cp "$WORK"/run.log "$WORK"/tests.log "$OUTDIR"/ 2>/dev/null
+cp "$WORK"/run.log "$WORK"/trainspeed.log "$WORK"/compile.log "$WORK"/tests.log "$OUTDIR"/ 2>/dev/null
 cp "$RUN"/results.json "$RUN"/report.md "$OUTDIR"/ 2>/dev/null
 tar -C "$WORK" -czf "$OUTDIR/run.tgz" --exclude='*.pt' --exclude='*.onnx' \
     --exclude='*.onnx.data' . 2>/dev/null
