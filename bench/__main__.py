@@ -28,7 +28,12 @@ def _parser() -> argparse.ArgumentParser:
 
     speed = sub.add_parser("speed", help="measure torch and ONNX Runtime speed, no training")
     speed.add_argument("--models", default="all", help="as for run (default: all)")
-    speed.add_argument("--image-size", type=int, default=200, help="input side in pixels")
+    speed.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input side in pixels (default: the checkpoint's, else 200)",
+    )
     speed.add_argument("--checkpoint", help="a best.pt to measure instead of random init")
     speed.add_argument("--num-classes", type=int, default=6, help="head size for random init")
     speed.add_argument("--out", help="output folder (default runs/speed-<size>px)")

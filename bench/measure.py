@@ -18,7 +18,8 @@ BATCH_SIZES = (1, 32)
 
 
 def best_rows(results: dict) -> dict[str, dict]:
-    """Per model, the ok row of its most accurate seed (its checkpoint is the one we ship)."""
+    """Per model, the ok row (seed, fold) whose checkpoint we ship: picked on validation
+    accuracy then loss, like the epoch, so the test figures stay out of the choice."""
     best: dict[str, dict] = {}
     for row in results["rows"]:
         if row["status"] != "ok":
@@ -105,6 +106,8 @@ def _metadata(name: str, meta: dict, row: dict) -> dict:
         mean=meta["mean"],
         std=meta["std"],
         val_accuracy=row["val_accuracy"],
+        test_accuracy=row.get("test_accuracy"),
+        test_images=row.get("test_images"),
         dataset_hash=meta["dataset_hash"],
         split_hash=meta["split_hash"],
         split=meta["split"],
@@ -148,7 +151,7 @@ def _batch1_latency(rows: list[dict], name: str, runtime: str = "torch") -> floa
 def select_exports(results: dict, how: str) -> tuple[list[str], str]:
     """Models to export, and why. how: best | pareto | all | none | comma list."""
     summary = report.summarize_models(results["rows"])
-    ok = [s["model"] for s in summary if s["val_accuracy_mean"] is not None]
+    ok = [s["model"] for s in summary if s["accuracy_mean"] is not None]
     if how == "none" or not ok:
         return [], "none"
     if how == "all":
@@ -159,7 +162,7 @@ def select_exports(results: dict, how: str) -> tuple[list[str], str]:
         if missing:
             raise ValueError(f"--export {how}: {missing} did not train successfully in this run")
         return names, "requested"
-    acc = {s["model"]: s["val_accuracy_mean"] for s in summary if s["model"] in ok}
+    acc = {s["model"]: s["accuracy_mean"] for s in summary if s["model"] in ok}
     lat = {n: _batch1_latency(results["speed"], n) for n in ok}
     best = max(ok, key=lambda n: (acc[n], -(lat[n] or 0)))
     if how == "best" or any(v is None for v in lat.values()):
@@ -169,7 +172,9 @@ def select_exports(results: dict, how: str) -> tuple[list[str], str]:
     return chosen, "pareto"
 
 
-def export_and_verify(results: dict, out: Path, ctx, opts, reporter) -> None:
+def export_and_verify(results: dict, out: Path, ctx, opts, reporter, contexts=None) -> None:
+    """contexts: fold -> Context (cross-validation); each export is checked on its own
+    fold's images."""
     from exports.export import export_onnx
     from exports.parity import check_parity
 
@@ -178,14 +183,24 @@ def export_and_verify(results: dict, out: Path, ctx, opts, reporter) -> None:
     if not names:
         return
     best = best_rows(results)
-    # Parity runs on every validation image, exactly as evaluation fed them (fp32, CPU).
-    inputs = ctx.eval_inputs(ctx.val_idx).float().cpu().contiguous()
-    labels = ctx.labels[ctx.val_idx].cpu().numpy()
     results["exports"] = []
     for name in names:
         row = best[name]
+        rctx = (contexts or {}).get(row.get("fold"), ctx)
+        # Parity runs on every test image (data that chose nothing; val when there is no test
+        # split), exactly as evaluation fed them (fp32, CPU).
+        split = row.get("accuracy_split", "val")
+        idx = rctx.test_idx if split == "test" else rctx.val_idx
+        inputs = rctx.eval_inputs(idx).float().cpu().contiguous()
+        labels = rctx.labels[idx].cpu().numpy()
         path = out / "exports" / f"{name}.onnx"
-        entry = {"model": name, "seed": row["seed"], "path": str(path.relative_to(out))}
+        entry = {
+            "model": name,
+            "seed": row["seed"],
+            "fold": row.get("fold"),
+            "images": split,
+            "path": str(path.relative_to(out)),
+        }
         try:
             model, meta = load_checkpoint(out / row["checkpoint"])
             metadata = _metadata(name, meta, row)
@@ -193,7 +208,7 @@ def export_and_verify(results: dict, out: Path, ctx, opts, reporter) -> None:
             export_onnx(model, path, metadata=metadata, image_size=meta["image_size"])
             entry["size_mb"] = speed.file_size_mb(path)
             results["models"][name]["onnx_size_mb"] = entry["size_mb"]
-            reporter.log(f"[{name}] parity on {len(labels)} validation images")
+            reporter.log(f"[{name}] parity on {len(labels)} {split} images")
             parity = check_parity(
                 model,
                 path,
@@ -224,27 +239,41 @@ def _plot(results: dict, out: Path) -> None:
             r.get("batch_size") == 1
             and r.get("precision") == "fp32"
             and "latency_ms_p50" in r
-            and summary.get(r["model"], {}).get("val_accuracy_mean") is not None
+            and summary.get(r["model"], {}).get("accuracy_mean") is not None
         ):
-            points.append({**r, "val_accuracy": summary[r["model"]]["val_accuracy_mean"]})
+            points.append({**r, "val_accuracy": summary[r["model"]]["accuracy_mean"]})
     if points:
         speed.plot_accuracy_vs_latency(points, out / "accuracy_vs_latency.png")
         results["plot"] = "accuracy_vs_latency.png"
 
 
+def _test_figures(checkpoint: Path) -> dict:
+    """The test accuracy `bench run` recorded beside a best.pt (metrics.json), if any."""
+    import json
+
+    done = checkpoint.parent / "metrics.json"
+    row = json.loads(done.read_text()).get("row", {}) if done.is_file() else {}
+    return {"test_accuracy": row.get("test_accuracy"), "test_images": row.get("test_images")}
+
+
 def speed_command(
     opts,
     *,
-    image_size: int,
+    image_size: int | None,
     checkpoint: str | None,
     num_classes: int,
     reporter,
     ort_providers: str | None = None,
 ):
-    """`bench speed`: measure without training. Returns (results, out folder)."""
+    """`bench speed`: measure without training. Returns (results, out folder).
+
+    image_size None: the checkpoint's, else 200 px."""
     from exports.export import build_metadata, export_onnx
     from exports.runtime import PROVIDERS, create_session
 
+    ckpt = load_checkpoint(checkpoint) if checkpoint else None
+    if image_size is None:
+        image_size = ckpt[1]["image_size"] if ckpt else 200
     if opts.threads:
         torch.set_num_threads(opts.threads)
 
@@ -271,15 +300,42 @@ def speed_command(
         "exports": [],
     }
     for name in names:
-        if checkpoint:
-            model, meta = load_checkpoint(checkpoint)
+        if ckpt:
+            model, meta = ckpt
             if meta["model"] != name:
                 continue
-            source, classes = str(checkpoint), meta["classes"]
+            if meta["image_size"] != image_size:
+                raise ValueError(
+                    f"--checkpoint {checkpoint} was trained at {meta['image_size']} px: pass "
+                    f"--image-size {meta['image_size']} (the export must preprocess like it)"
+                )
+            source = str(checkpoint)
+            # The export must preprocess exactly as the checkpoint was trained: its classes,
+            # channels and mean/std, and its provenance (accuracy, dataset and split).
+            preprocessing = {
+                k: meta[k] for k in ("classes", "channels", "mean", "std", "dataset_hash")
+            }
+            preprocessing.update(
+                val_accuracy=meta.get("val_accuracy"),
+                split_hash=meta["split_hash"],
+                split=meta["split"],
+                **_test_figures(Path(checkpoint)),
+            )
         else:
             torch.manual_seed(0)
             model = build_model(name, num_classes=num_classes).eval()
-            source, classes = "random init", [f"class_{i}" for i in range(num_classes)]
+            source = "random init"
+            # Random weights classify nothing: neutral preprocessing, no provenance.
+            preprocessing = {
+                "classes": [f"class_{i}" for i in range(num_classes)],
+                "channels": 3,
+                "mean": [0.5] * 3,
+                "std": [0.25] * 3,
+                "val_accuracy": None,
+                "dataset_hash": "none",
+                "split_hash": "none",
+                "split": {},
+            }
         info = results["models"][name] = {
             "weights": source,
             "params_m": speed.count_params(model) / 1e6,
@@ -292,17 +348,7 @@ def speed_command(
             onnx_path,
             image_size=image_size,
             metadata=build_metadata(
-                model_name=name,
-                classes=classes,
-                image_size=image_size,
-                channels=3,
-                mean=[0.5] * 3,
-                std=[0.25] * 3,
-                val_accuracy=None,
-                dataset_hash="none",
-                split_hash="none",
-                split={},
-                weights=source,
+                model_name=name, image_size=image_size, weights=source, **preprocessing
             ),
         )
         info["onnx_size_mb"] = speed.file_size_mb(onnx_path)

@@ -113,3 +113,16 @@ def mean_ci(values: list[float]) -> dict:
     t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
     half = t * std / math.sqrt(n)
     return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "n": n}
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value for paired predictions on the same images.
+
+    Only discordant images carry information: under "both models are equally accurate" each
+    of the a_only + b_only images is equally likely to favour either, so the count favouring A
+    is Binomial(a_only + b_only, 1/2); the p-value doubles the smaller tail (capped at 1).
+    """
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    return min(1.0, 2.0 * _binom_cdf(min(a_only, b_only), n, 0.5))

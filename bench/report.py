@@ -10,6 +10,8 @@ import io
 import math
 from pathlib import Path
 
+import numpy as np
+
 from bench import metrics as M
 from bench.speed.placement import placement_note
 from neu._io import atomic_write_json, atomic_write_text
@@ -17,17 +19,21 @@ from neu._io import atomic_write_json, atomic_write_text
 ROW_COLUMNS = [
     "model",
     "seed",
+    "fold",
     "status",
     "error",
     "weights",
     "amp",
     "amp_reason",
-    "val_accuracy",
-    "val_accuracy_ci95_low",
-    "val_accuracy_ci95_high",
-    "macro_f1",
-    "val_loss",
+    "accuracy_split",
     "test_accuracy",
+    "test_correct",
+    "test_images",
+    "test_accuracy_ci95_low",
+    "test_accuracy_ci95_high",
+    "test_macro_f1",
+    "val_accuracy",
+    "val_loss",
     "best_epoch",
     "epochs",
     "lr",
@@ -67,52 +73,139 @@ SPEED_COLUMNS = [
 ]
 
 
-def summarize_models(rows: list[dict]) -> list[dict]:
-    """One entry per model over its seeds: accuracy mean, std and a 95% interval.
+OPTIMISTIC = "validation accuracy (also used to pick the checkpoint: optimistic)"
 
-    One seed: Clopper-Pearson interval of that accuracy (binomial over validation images).
-    Several: Student-t interval of the mean over seeds (seed-to-seed variation).
+
+def headline_split(rows: list[dict]) -> str:
+    """ "test" when the rows were scored on a test split, else "val" (--test-fraction 0)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    return "test" if all(r.get("accuracy_split") == "test" for r in ok) else "val"
+
+
+def summarize_models(rows: list[dict]) -> list[dict]:
+    """One entry per model over its seeds and folds: the headline accuracy and its interval.
+
+    Headline = the test images (val when there is no test split; then labelled optimistic).
+    Folds are pooled: every image of the dataset is a test image once per seed, so one seed's
+    accuracy is correct/images over all folds, with its Clopper-Pearson interval; the per-fold
+    mean and std show fold-to-fold variation. Several seeds: mean, std and Student-t interval
+    of the per-seed (pooled) accuracies.
     """
+    split = headline_split(rows)
     order = list(dict.fromkeys(r["model"] for r in rows))
     out = []
     for name in order:
         mine = [r for r in rows if r["model"] == name]
         ok = [r for r in mine if r["status"] == "ok"]
+        folds = sorted({r.get("fold") for r in mine if r.get("fold") is not None})
         entry = {
             "model": name,
-            "seeds": len(mine),
+            "runs": len(mine),
+            "seeds": len({r["seed"] for r in mine}),
+            "folds": len(folds) or None,
             "failed": len(mine) - len(ok),
             "weights": mine[0].get("weights"),
             "amp": mine[0].get("amp"),
-            "val_accuracy_mean": None,
-            "val_accuracy_std": None,
-            "val_accuracy_ci95": None,
+            "accuracy_split": split,
+            "accuracy_label": "test accuracy" if split == "test" else OPTIMISTIC,
+            "accuracy_mean": None,
+            "accuracy_std": None,
+            "accuracy_ci95": None,
             "ci_method": None,
+            "correct": None,
+            "images": None,
+            "fold_accuracy_mean": None,
+            "fold_accuracy_std": None,
             "macro_f1_mean": None,
+            "val_accuracy_mean": None,
             "train_seconds_mean": None,
             "params_m": mine[0].get("params_m"),
             "gflops": mine[0].get("gflops"),
         }
         if ok:
-            accs = [r["val_accuracy"] for r in ok]
-            stats = M.mean_ci(accs)
-            if len(ok) == 1:
-                ci = [ok[0]["val_accuracy_ci95_low"], ok[0]["val_accuracy_ci95_high"]]
-                method = f"Clopper-Pearson 95% (n={ok[0]['val_images']} images)"
+            by_seed: dict[int, list[dict]] = {}
+            for r in ok:
+                by_seed.setdefault(r["seed"], []).append(r)
+            correct = sum(r[f"{split}_correct"] for r in ok)
+            images = sum(r[f"{split}_images"] for r in ok)
+            per_seed = [
+                sum(r[f"{split}_correct"] for r in rs) / sum(r[f"{split}_images"] for r in rs)
+                for rs in by_seed.values()
+            ]
+            stats = M.mean_ci(per_seed)
+            pooled = f", {len(folds)} folds pooled" if folds else ""
+            if len(by_seed) == 1:
+                ci = list(M.clopper_pearson(correct, images))
+                method = f"Clopper-Pearson 95% (n={images} {split} images{pooled})"
             else:
-                ci, method = stats["ci95"], f"Student-t 95% over {len(ok)} seeds"
+                ci = stats["ci95"]
+                method = f"Student-t 95% over {len(by_seed)} seeds{pooled}"
+            if folds:
+                fold_stats = M.mean_ci([r[f"{split}_accuracy"] for r in ok])
+                entry.update(
+                    fold_accuracy_mean=fold_stats["mean"], fold_accuracy_std=fold_stats["std"]
+                )
             entry.update(
-                val_accuracy_mean=stats["mean"],
-                val_accuracy_std=stats["std"],
-                val_accuracy_ci95=ci,
+                accuracy_mean=stats["mean"],
+                accuracy_std=stats["std"],
+                accuracy_ci95=ci,
                 ci_method=method,
-                macro_f1_mean=sum(r["macro_f1"] for r in ok) / len(ok),
+                correct=correct,
+                images=images,
+                macro_f1_mean=sum(r[f"{split}_macro_f1"] for r in ok) / len(ok),
+                val_accuracy_mean=sum(r["val_accuracy"] for r in ok) / len(ok),
                 train_seconds_mean=sum(r["train_seconds"] for r in ok) / len(ok),
                 pipeline_efficiency_mean=sum(r["pipeline_efficiency"] for r in ok) / len(ok),
                 train_img_s_mean=sum(r["train_img_s"] for r in ok) / len(ok),
             )
         out.append(entry)
     return out
+
+
+ALPHA = 0.05
+
+
+def paired_comparisons(predictions: dict[str, dict[tuple, bool]]) -> list[dict]:
+    """Exact McNemar test for every pair of models on the images both predicted.
+
+    predictions: model -> {(seed, fold, file): correct}. Pairs are matched on the same seed,
+    fold and file (the same test image under the same split), pooled over seeds and folds.
+    """
+    names = list(predictions)
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            common = predictions[a].keys() & predictions[b].keys()
+            a_only = sum(predictions[a][k] and not predictions[b][k] for k in common)
+            b_only = sum(predictions[b][k] and not predictions[a][k] for k in common)
+            out.append(
+                {
+                    "model_a": a,
+                    "model_b": b,
+                    "images": len(common),
+                    "a_only_correct": a_only,
+                    "b_only_correct": b_only,
+                    "p_value": M.mcnemar_exact(a_only, b_only),
+                }
+            )
+    return out
+
+
+def mark_best(summary: list[dict], comparisons: list[dict]) -> None:
+    """Per summary entry: the McNemar p-value against the most accurate model, and whether
+    the two are statistically indistinguishable (p >= 0.05): a tie, not a ranking."""
+    scored = [s for s in summary if s["accuracy_mean"] is not None]
+    if not scored:
+        return
+    best = max(scored, key=lambda s: s["accuracy_mean"])["model"]
+    pair = {frozenset((c["model_a"], c["model_b"])): c for c in comparisons}
+    for s in summary:
+        c = pair.get(frozenset((s["model"], best)))
+        s["best"] = s["model"] == best
+        s["p_value_vs_best"] = None if c is None else c["p_value"]
+        s["indistinguishable_from_best"] = (
+            True if s["model"] == best else (None if c is None else c["p_value"] >= ALPHA)
+        )
 
 
 def _pct(v) -> str:
@@ -134,15 +227,31 @@ def _num(v, fmt=".2f") -> str:
 
 
 def _acc_cell(s: dict) -> str:
-    if s["val_accuracy_mean"] is None:
+    if s["accuracy_mean"] is None:
         return "failed"
-    lo, hi = s["val_accuracy_ci95"] or (None, None)
-    text = _pct(s["val_accuracy_mean"])
-    if s["seeds"] - s["failed"] > 1:
-        text += f" ± {100 * s['val_accuracy_std']:.2f}"
+    lo, hi = s["accuracy_ci95"] or (None, None)
+    text = _pct(s["accuracy_mean"])
+    if s["accuracy_std"]:
+        text += f" ± {100 * s['accuracy_std']:.2f}"
+    text += f" ({s['correct']}/{s['images']})"
     if lo is not None:
         text += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
     return text
+
+
+def _vs_best_cell(s: dict) -> str:
+    if s.get("best"):
+        return "most accurate"
+    p = s.get("p_value_vs_best")
+    if p is None:
+        return "-"
+    return f"{'indistinguishable' if p >= ALPHA else 'worse'} (p={p:.2g})"
+
+
+def _fold_cell(s: dict) -> str:
+    if s.get("fold_accuracy_mean") is None:
+        return "-"
+    return f"{_pct(s['fold_accuracy_mean'])} ± {100 * s['fold_accuracy_std']:.2f}"
 
 
 def summary_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
@@ -152,18 +261,21 @@ def summary_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         "precision",
         "params (M)",
         "GFLOPs",
-        "val acc [95% CI]",
+        f"{'test acc' if headline_split(results['rows']) == 'test' else 'val acc (optimistic)'}"
+        " (correct/images) [95% CI]",
+        "vs best (McNemar)",
+        "per-fold acc",
         "macro-F1",
         "ckpt MB",
         "ONNX MB",
         "train time",
         "train img/s",
         "pipeline eff.",
-        "seeds",
+        "runs ok",
     ]
     body = []
     info = results.get("models", {})
-    for s in summarize_models(results["rows"]):
+    for s in results.get("summary") or summarize_models(results["rows"]):
         body.append(
             [
                 s["model"],
@@ -172,13 +284,15 @@ def summary_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
                 _num(s["params_m"], ".1f"),
                 _num(s["gflops"], ".2f"),
                 _acc_cell(s),
+                _vs_best_cell(s),
+                _fold_cell(s),
                 _num(s["macro_f1_mean"], ".4f"),
                 _num(info.get(s["model"], {}).get("checkpoint_size_mb"), ".1f"),
                 _num(info.get(s["model"], {}).get("onnx_size_mb"), ".1f"),
                 "-" if s["train_seconds_mean"] is None else f"{s['train_seconds_mean']:.0f} s",
                 _num(s.get("train_img_s_mean"), ".1f"),
                 _num(s.get("pipeline_efficiency_mean"), ".2f"),
-                f"{s['seeds'] - s['failed']}/{s['seeds']}",
+                f"{s['runs'] - s['failed']}/{s['runs']}",
             ]
         )
     return head, body
@@ -361,12 +475,43 @@ def markdown(results: dict) -> str:
         )
     parts += training_notes(results)
     if results.get("rows"):
-        parts += ["## Accuracy", _md_table(*summary_table_rows(results))]
-        methods = {s["ci_method"] for s in summarize_models(results["rows"]) if s["ci_method"]}
+        summary = results.get("summary") or summarize_models(results["rows"])
+        split = headline_split(results["rows"])
+        parts.append("## Accuracy")
+        if split == "test":
+            parts.append(
+                "Headline: **test accuracy**, on test images that chose nothing (the best "
+                "epoch was picked on the validation images, then the test images were scored "
+                "once with that checkpoint)."
+            )
+        else:
+            parts.append(
+                f"> Headline: **{OPTIMISTIC}**. There is no test split (--test-fraction 0): "
+                "these images also chose the checkpoint, so the figure and its interval are "
+                "biased upwards."
+            )
+        parts.append(_md_table(*summary_table_rows(results)))
+        methods = {s["ci_method"] for s in summary if s["ci_method"]}
         if methods:
             parts.append("Intervals: " + "; ".join(sorted(methods)) + ".")
+        tied = [s["model"] for s in summary if s.get("indistinguishable_from_best")]
+        if len(tied) > 1:
+            parts.append(
+                f"Statistically indistinguishable from the most accurate model (exact McNemar "
+                f"test on the same {split} images, p >= {ALPHA}): {', '.join(tied)}. The data "
+                "cannot rank these models; choose between them on speed or size."
+            )
+        if results.get("comparisons"):
+            parts += [
+                "### Paired comparison (exact McNemar test)",
+                f"Each cell: images only the row model got right / only the column model got "
+                f"right, and the two-sided p-value; pairs use the same {split} images (same "
+                "seed and fold), pooled over seeds and folds. p >= 0.05: no evidence that the "
+                "two differ.",
+                _md_table(*comparison_matrix(results["comparisons"])),
+            ]
         parts += [
-            "### Per model and seed",
+            "### Per model, seed and fold",
             _md_table(
                 ROW_COLUMNS, [[_cell(r.get(c)) for c in ROW_COLUMNS] for r in results["rows"]]
             ),
@@ -388,7 +533,9 @@ def markdown(results: dict) -> str:
             for p in ev["per_class"]
         ]
         parts += [
-            f"### Confusion matrix and per-class scores: {name}",
+            f"### Confusion matrix and per-class scores: {name} "
+            f"({'test' if ev.get('evaluated_on') == 'test' else 'validation'} images"
+            f"{', folds pooled' if ', ' in ev['metrics_file'] else ''})",
             _md_table(head, cm_rows),
             _md_table(["class", "precision", "recall", "F1", "support"], pc_rows),
         ]
@@ -493,12 +640,27 @@ def csv_text(rows: list[dict], columns: list[str]) -> str:
     return buf.getvalue()
 
 
+def comparison_matrix(comparisons: list[dict]) -> tuple[list[str], list[list[str]]]:
+    names = list(
+        dict.fromkeys([c["model_a"] for c in comparisons] + [c["model_b"] for c in comparisons])
+    )
+    cell = {}
+    for c in comparisons:
+        p = f"p={c['p_value']:.2g}"
+        cell[c["model_a"], c["model_b"]] = f"{c['a_only_correct']} / {c['b_only_correct']}, {p}"
+        cell[c["model_b"], c["model_a"]] = f"{c['b_only_correct']} / {c['a_only_correct']}, {p}"
+    body = [[a] + [cell.get((a, b), "") for b in names] for a in names]
+    return ["row only / column only"] + names, body
+
+
 def write_outputs(out: Path, results: dict, *, final: bool = False) -> None:
     """results.json, results.csv (+ speed.csv) and report.md, each written atomically."""
     out = Path(out)
     if final and results.get("rows"):
         results["summary"] = summarize_models(results["rows"])
-        results["evaluation"] = _evaluations(out, results)
+        results["evaluation"], predictions = _evaluations(out, results)
+        results["comparisons"] = paired_comparisons(predictions)
+        mark_best(results["summary"], results["comparisons"])
     atomic_write_json(out / "results.json", results)
     if results.get("rows"):
         atomic_write_text(out / "results.csv", csv_text(results["rows"], ROW_COLUMNS))
@@ -510,23 +672,48 @@ def write_outputs(out: Path, results: dict, *, final: bool = False) -> None:
 MISCLASSIFIED_SHOWN = 20
 
 
-def _evaluations(out: Path, results: dict) -> dict:
-    """Per model and seed: confusion matrix, per-class scores, the misclassified files."""
+def _evaluations(out: Path, results: dict) -> tuple[dict, dict]:
+    """Per model and seed (folds pooled): confusion matrix, per-class scores, misclassified
+    files; and per model every prediction, keyed (seed, fold, file) for the paired tests."""
     import json
 
-    evals = {}
+    classes = results["dataset"]["classes"]
+    pooled: dict[tuple, dict] = {}
+    predictions: dict[str, dict[tuple, bool]] = {}
     for r in results["rows"]:
-        path = out / r["model"] / f"seed{r['seed']}" / "metrics.json"
-        if r["status"] == "ok" and path.exists():
-            m = json.loads(path.read_text())
-            evals[f"{r['model']} seed {r['seed']}"] = {
-                "confusion_matrix": m["confusion_matrix"],
-                "per_class": m["per_class"],
-                "misclassified_count": len(m["misclassified"]),
-                "misclassified": m["misclassified"][:MISCLASSIFIED_SHOWN],
-                "metrics_file": str(path.relative_to(out)),
-            }
-    return evals
+        if r["status"] != "ok":
+            continue
+        path = out / Path(r["checkpoint"]).parent / "metrics.json"
+        if not path.exists():
+            continue
+        m = json.loads(path.read_text())
+        fold = r.get("fold")
+        p = m.get("predictions")
+        if p:
+            mine = predictions.setdefault(r["model"], {})
+            for f, y, yhat in zip(p["files"], p["labels"], p["predicted"], strict=True):
+                mine[r["seed"], fold, f] = y == yhat
+        ev = pooled.setdefault(
+            (r["model"], r["seed"]), {"cm": None, "misclassified": [], "files": []}
+        )
+        cm = np.asarray(m["confusion_matrix"])
+        ev["cm"] = cm if ev["cm"] is None else ev["cm"] + cm
+        ev["misclassified"] += [
+            {**x, "fold": fold} if fold is not None else x for x in m["misclassified"]
+        ]
+        ev["files"].append(str(path.relative_to(out)))
+    evals = {}
+    for (model, seed), ev in pooled.items():
+        rep = M.classification_report(ev["cm"], list(classes))
+        evals[f"{model} seed {seed}"] = {
+            "evaluated_on": headline_split(results["rows"]),
+            "confusion_matrix": ev["cm"].tolist(),
+            "per_class": rep["per_class"],
+            "misclassified_count": len(ev["misclassified"]),
+            "misclassified": ev["misclassified"][:MISCLASSIFIED_SHOWN],
+            "metrics_file": ", ".join(ev["files"]),
+        }
+    return evals, predictions
 
 
 def print_tables(results: dict, console) -> None:

@@ -43,9 +43,15 @@ def configure_torch(opts: RunOptions, device: torch.device) -> None:
 
 
 def load_data(recipe: Recipe, opts: RunOptions):
+    """The dataset and its splits: one, or one per cross-validation fold."""
     from neu.dataset import load_dataset
     from neu.split import load_manifest, make_split
 
+    if opts.split and recipe.folds > 1:
+        raise ConfigError(
+            f"--split {opts.split} fixes one train/val/test split, --folds {recipe.folds} makes "
+            "its own: drop one of them"
+        )
     ds = load_dataset(
         opts.data_path(),
         image_size=recipe.image_size,
@@ -53,19 +59,54 @@ def load_data(recipe: Recipe, opts: RunOptions):
         exclude_bad=opts.exclude_bad,
     )
     if opts.split:
-        split = load_manifest(opts.split, ds)
-    else:
-        split = make_split(
+        return ds, [load_manifest(opts.split, ds)]
+    splits = [
+        make_split(
             ds,
             seed=recipe.split_seed,
             val_fraction=recipe.val_fraction,
             test_fraction=recipe.test_fraction,
             limit_per_class=recipe.limit_per_class,
+            folds=recipe.folds,
+            fold=k if recipe.folds > 1 else None,
         )
-    return ds, split
+        for k in range(recipe.folds)
+    ]
+    return ds, splits
 
 
-def dataset_record(ds, split) -> dict:
+def manifest_name(split) -> str:
+    return "split.json" if split.folds == 1 else f"split_fold{split.fold}.json"
+
+
+def dataset_record(ds, splits) -> dict:
+    """The dataset and its split(s); with cross-validation, `split` describes fold 0 and
+    `folds` every fold."""
+    split = splits[0]
+    record = _dataset_record(ds, split)
+    if len(splits) > 1:
+        record["split_hash"] = _joint_hash(splits)
+        record["manifest"] = [manifest_name(s) for s in splits]
+        record["folds"] = [
+            {
+                "fold": s.fold,
+                "split_hash": s.split_hash,
+                "train_images": len(s.train),
+                "val_images": len(s.val),
+                "test_images": len(s.test),
+                "mean": [float(v) for v in s.mean],
+                "std": [float(v) for v in s.std],
+            }
+            for s in splits
+        ]
+    return record
+
+
+def _joint_hash(splits) -> str:
+    return hashlib.sha256(":".join(s.split_hash for s in splits).encode()).hexdigest()
+
+
+def _dataset_record(ds, split) -> dict:
     labels = list(ds.labels)
     return {
         "root": str(ds.root),
@@ -81,6 +122,7 @@ def dataset_record(ds, split) -> dict:
             "val_fraction": split.val_fraction,
             "test_fraction": split.test_fraction,
             "limit_per_class": split.limit_per_class,
+            "folds": split.folds,
             "train_images": len(split.train),
             "val_images": len(split.val),
             "test_images": len(split.test),
@@ -94,8 +136,10 @@ def dataset_record(ds, split) -> dict:
     }
 
 
-def _fingerprint(recipe_dict: dict, ds, split) -> str:
-    blob = json.dumps([recipe_dict, ds.dataset_hash, split.split_hash], sort_keys=True)
+def _fingerprint(recipe_dict: dict, ds, splits) -> str:
+    # One split: its own hash (as before --folds existed, so older runs resume); K folds: all.
+    key = splits[0].split_hash if len(splits) == 1 else _joint_hash(splits)
+    blob = json.dumps([recipe_dict, ds.dataset_hash, key], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -103,40 +147,45 @@ def _fingerprint(recipe_dict: dict, ds, split) -> str:
 _EXECUTION_ONLY = ("eval_batch_size",)
 
 
-def recipe_fingerprint(recipe: Recipe, ds, split, precision: str) -> str:
+def recipe_fingerprint(recipe: Recipe, ds, splits, precision: str) -> str:
     """What the trained weights depend on: the recipe with --amp resolved to the precision
-    actually used (auto means fp32 on one CPU and bf16 on another), data and split."""
+    actually used (auto means fp32 on one CPU and bf16 on another), data and split(s)."""
     d = {**to_dict(recipe), "amp": precision}
     for key in _EXECUTION_ONLY:
         d.pop(key)
-    return _fingerprint(d, ds, split)
+    return _fingerprint(d, ds, splits)
 
 
-def legacy_fingerprints(recipe: Recipe, ds, split, precision: str, device) -> set[str]:
+def legacy_fingerprints(recipe: Recipe, ds, splits, precision: str, device) -> set[str]:
     """The fingerprints neu-bench gave the same training before --amp had choices (amp was a
-    bool, used on CUDA only; eval_batch_size, default 64, was hashed too), so runs started
-    then still resume."""
+    bool, used on CUDA only; eval_batch_size, default 64, was hashed too; no --folds), so
+    runs started then still resume."""
+    if recipe.folds != 1:
+        return set()
     if device.type == "cuda":
         old_auto = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         amps = [True] if precision == old_auto else [False] if precision == "fp32" else []
     else:
         amps = [True, False] if precision == "fp32" else []
+    old = {k: v for k, v in to_dict(recipe).items() if k != "folds"}
     return {
-        _fingerprint({**to_dict(recipe), "amp": amp, "eval_batch_size": ebs}, ds, split)
+        _fingerprint({**old, "amp": amp, "eval_batch_size": ebs}, ds, splits)
         for amp in amps
         for ebs in {recipe.eval_batch_size, 64}
     }
 
 
-def failed_row(name: str, seed: int, error: BaseException, weights: str) -> dict:
+def failed_row(name: str, seed: int, error: BaseException, weights: str, fold=None) -> dict:
     return {
         "model": name,
         "seed": seed,
+        "fold": fold,
         "status": "failed",
         "error": f"{type(error).__name__}: {error}",
         "weights": weights,
         "val_accuracy": None,
-        "macro_f1": None,
+        "test_accuracy": None,
+        "test_macro_f1": None,
         "train_seconds": None,
     }
 
@@ -152,13 +201,13 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
     device = pick_device(opts.device)
     configure_torch(opts, device)
 
-    ds, split = load_data(recipe, opts)
+    ds, splits = load_data(recipe, opts)
     name = opts.name or default_name(recipe, opts, names)
     out = Path(opts.out or Path("runs") / name)
     out.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(device, recipe.amp)
-    fingerprint = recipe_fingerprint(recipe, ds, split, precision.name)
-    accepted = {fingerprint} | legacy_fingerprints(recipe, ds, split, precision.name, device)
+    fingerprint = recipe_fingerprint(recipe, ds, splits, precision.name)
+    accepted = {fingerprint} | legacy_fingerprints(recipe, ds, splits, precision.name, device)
     previous = out / "results.json"
     if previous.exists():
         old = json.loads(previous.read_text())
@@ -170,7 +219,8 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
                 f"({old.get('recipe_hash')} != {fingerprint}); pick a new --out/--name "
                 "or delete that folder"
             )
-    save_manifest(split, ds, out / "split.json")
+    for split in splits:
+        save_manifest(split, ds, out / manifest_name(split))
 
     # Weights are settled for every model before the first epoch: a missing file fails now.
     weights = {n: resolve_weights(n, recipe.weights) for n in names}
@@ -209,7 +259,7 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
         "run": to_dict(opts),
         "recipe_hash": fingerprint,
         "environment": {**env, "device": _device_name(device, env)},
-        "dataset": dataset_record(ds, split),
+        "dataset": dataset_record(ds, splits),
         "weights": weights,
         "precision": {"amp": precision.name, "amp_reason": precision.reason},
         "compile": opts.compile,
@@ -222,49 +272,59 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
     if previous.exists():  # keep what a previous attempt measured
         results["created"] = old.get("created", results["created"])
 
-    ctx = Context(
-        ds,
-        split,
-        recipe,
-        device,
-        deterministic=opts.deterministic,
-        speed_min_seconds=opts.speed_min_seconds,
-        speed_min_iters=opts.speed_min_iters,
-        compile=opts.compile,
-    )
-    reporter.estimate = _estimator(model_info, names, seeds, results["sweep"])
-    reporter.start_sweep(len(names) * len(seeds))
+    contexts = {
+        split.fold: Context(
+            ds,
+            split,
+            recipe,
+            device,
+            deterministic=opts.deterministic,
+            speed_min_seconds=opts.speed_min_seconds,
+            speed_min_iters=opts.speed_min_iters,
+            compile=opts.compile,
+        )
+        for split in splits
+    }
+    ctx = contexts[splits[0].fold]
+    # One run per model x seed x fold.
+    reporter.estimate = _estimator(model_info, names, len(seeds) * len(splits), results["sweep"])
+    reporter.start_sweep(len(names) * len(seeds) * len(splits))
     train_started = time.perf_counter()
     for n in names:
         for seed in seeds:
-            folder = out / n / f"seed{seed}"
-            try:
-                row = train_one(
-                    n,
-                    seed,
-                    ctx,
-                    folder,
-                    weights=weights[n],
-                    reporter=reporter,
-                    recipe_hash=fingerprint,
-                    legacy_hashes=accepted,
-                )
-                row.update(model_info[n])
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # one model's failure must not stop the sweep
-                row = failed_row(n, seed, e, weights[n])
-                row.update(amp=precision.name, amp_reason=precision.reason)
-                (folder / "error.txt").parent.mkdir(parents=True, exist_ok=True)
-                from neu._io import atomic_write_text
+            for fold, fold_ctx in contexts.items():
+                # Without cross-validation the folder stays <model>/seed<k> (older runs resume).
+                rel = Path(n) / f"seed{seed}" / ("" if fold is None else f"fold{fold}")
+                folder = out / rel
+                try:
+                    row = train_one(
+                        n,
+                        seed,
+                        fold_ctx,
+                        folder,
+                        weights=weights[n],
+                        reporter=reporter,
+                        recipe_hash=fingerprint,
+                        legacy_hashes=accepted,
+                        fold=fold,
+                        checkpoint=str(rel / "best.pt"),
+                    )
+                    row.update(model_info[n])
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e:  # one model's failure must not stop the sweep
+                    row = failed_row(n, seed, e, weights[n], fold)
+                    row.update(amp=precision.name, amp_reason=precision.reason)
+                    (folder / "error.txt").parent.mkdir(parents=True, exist_ok=True)
+                    from neu._io import atomic_write_text
 
-                atomic_write_text(folder / "error.txt", traceback.format_exc())
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            results["rows"].append(row)
-            reporter.end_model(row)
-            results["sweep"]["train_seconds_actual"] = time.perf_counter() - train_started
-            report.write_outputs(out, results)
+                    atomic_write_text(folder / "error.txt", traceback.format_exc())
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                results["rows"].append(row)
+                reporter.end_model(row)
+                results["sweep"]["train_seconds_actual"] = time.perf_counter() - train_started
+                report.write_outputs(out, results)
 
     if opts.speed:
         from bench.measure import measure_speed
@@ -273,7 +333,7 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
         report.write_outputs(out, results)
     from bench.measure import export_and_verify
 
-    export_and_verify(results, out, ctx, opts, reporter)
+    export_and_verify(results, out, ctx, opts, reporter, contexts=contexts)
     results["updated"] = _now()
     results["sweep"]["seconds_actual"] = time.perf_counter() - started
     failed = [r for r in results["rows"] if r["status"] != "ok"]
@@ -289,7 +349,7 @@ def _device_name(device: torch.device, env: dict) -> str:
     return env.get("cpu") or "cpu"
 
 
-def _estimator(model_info: dict, names: list[str], seeds: list[int], record: dict):
+def _estimator(model_info: dict, names: list[str], runs_per_model: int, record: dict):
     """After a model's first batches: its time, and the sweep's, scaled by GFLOPs.
 
     The first estimate of this invocation goes into `record` (results.json `sweep`) so the
@@ -300,9 +360,9 @@ def _estimator(model_info: dict, names: list[str], seeds: list[int], record: dic
         this = seconds_per_batch * batches * epochs
         flops = {n: model_info[n]["gflops"] for n in names if model_info[n]["gflops"]}
         if name not in flops:
-            return f"estimate: {name} ~{this / 60:.1f} min per seed"
+            return f"estimate: {name} ~{this / 60:.1f} min per run"
         per_gflop = this / flops[name]
-        total = sum(per_gflop * f for f in flops.values()) * len(seeds)
+        total = sum(per_gflop * f for f in flops.values()) * runs_per_model
         if "train_seconds_expected" not in record:
             record.update(
                 train_seconds_expected=total,
@@ -310,7 +370,7 @@ def _estimator(model_info: dict, names: list[str], seeds: list[int], record: dic
                 "batches, scaled to every model by GFLOPs; training epochs only",
             )
         return (
-            f"estimate: {name} ~{this / 60:.1f} min per seed; whole sweep "
+            f"estimate: {name} ~{this / 60:.1f} min per run; whole sweep "
             f"~{total / 60:.0f} min (scaled by GFLOPs, training only)"
         )
 

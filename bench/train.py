@@ -291,8 +291,12 @@ def train_one(
     reporter=None,
     recipe_hash: str = "",
     legacy_hashes: frozenset[str] | set[str] = frozenset(),
+    fold: int | None = None,
+    checkpoint: str | None = None,
 ) -> dict:
-    """Train `name` with `seed` into `folder`; return its result row (status 'ok').
+    """Train `name` with `seed` (on cross-validation fold `fold`) into `folder`; return its
+    result row (status 'ok'). `checkpoint`: best.pt's path as the row records it (relative to
+    the run folder).
 
     Exceptions propagate: the sweep records them in the row and carries on.
     """
@@ -417,6 +421,8 @@ def train_one(
         name, seed, ctx, folder, model, net, opt, loss_fn, history, weights
     )
     row.update(compiled)
+    row["fold"] = fold
+    row["checkpoint"] = checkpoint or str(Path(name) / f"seed{seed}" / "best.pt")
     atomic_write_json(done, {"row": row, **details})
     last_path.unlink(missing_ok=True)  # done: best.pt and metrics.json are what remain
     return row
@@ -437,12 +443,7 @@ def _checkpoint(name, seed, model, ctx: Context, weights, best) -> dict:
         "val_accuracy": best["val_accuracy"],
         "dataset_hash": ctx.dataset.dataset_hash,
         "split_hash": s.split_hash,
-        "split": {
-            "seed": s.seed,
-            "val_fraction": s.val_fraction,
-            "test_fraction": s.test_fraction,
-            "limit_per_class": s.limit_per_class,
-        },
+        "split": s.info(),
         "weights": weights,
         "seed": seed,
         "epoch": best["epoch"],
@@ -469,26 +470,13 @@ def _final_metrics(name, seed, ctx: Context, folder, model, net, opt, loss_fn, h
     t_eval = time.perf_counter()
     state = torch.load(folder / "best.pt", map_location=ctx.device, weights_only=True)
     model.load_state_dict(state["state_dict"])
-    labels = ctx.labels[ctx.val_idx].cpu().numpy()
-    val_loss, logits = evaluate(net, ctx, ctx.val_idx)
-    preds = logits.argmax(1)
-    cm = M.confusion_matrix(labels, preds, len(ctx.classes))
-    report = M.classification_report(cm, ctx.classes)
-    correct = int((preds == labels).sum())
-    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
-    files = [ctx.dataset.files[i] for i in ctx.val_idx.cpu().numpy()]
-    misclassified = [
-        {
-            "file": files[i],
-            "true": ctx.classes[labels[i]],
-            "predicted": ctx.classes[preds[i]],
-            "confidence": float(probs[i, preds[i]]),
-        }
-        for i in np.flatnonzero(preds != labels)
-    ]
+    # Val chose the checkpoint; test (when there is one) is seen here, once, by that checkpoint.
+    # `net` is the compiled module when --compile is on; it shares `model`'s weights.
+    val_loss, val = _score(net, ctx, ctx.val_idx)
+    test = _score(net, ctx, ctx.test_idx)[1] if len(ctx.test_idx) else None
+    headline = test or val
 
     train_img_s, includes_first = _steady_train_img_s(history)
-    lo, hi = M.clopper_pearson(correct, len(labels))
     lr, head_lr = ctx.recipe.effective_lr(weights)
     row = {
         "model": name,
@@ -502,12 +490,10 @@ def _final_metrics(name, seed, ctx: Context, folder, model, net, opt, loss_fn, h
         "head_lr": head_lr,
         "epochs": len(history),
         "best_epoch": state["epoch"],
-        "val_accuracy": report["accuracy"],
-        "val_correct": correct,
-        "val_images": len(labels),
-        "val_accuracy_ci95_low": lo,
-        "val_accuracy_ci95_high": hi,
-        "macro_f1": report["macro_f1"],
+        # the split every headline figure (summary, report, exports) comes from
+        "accuracy_split": "test" if test else "val",
+        **{f"val_{k}": v for k, v in val["row"].items()},
+        **{f"test_{k}": (test["row"][k] if test else None) for k in val["row"]},
         "val_loss": val_loss,
         # Training loops only; evaluation (per-epoch validation + the final one) apart.
         "train_seconds": sum(h["train_seconds"] for h in history),
@@ -516,18 +502,56 @@ def _final_metrics(name, seed, ctx: Context, folder, model, net, opt, loss_fn, h
         "train_img_s_includes_first_epoch": includes_first,
         **_steady_pipeline(history),
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-        "checkpoint": str(Path(name) / f"seed{seed}" / "best.pt"),
     }
-    if len(ctx.test_idx):
-        test_labels = ctx.labels[ctx.test_idx].cpu().numpy()
-        _, test_logits = evaluate(net, ctx, ctx.test_idx)
-        row["test_accuracy"] = float((test_logits.argmax(1) == test_labels).mean())
     row["eval_seconds"] += time.perf_counter() - t_eval  # + the final evaluation
     details = {
-        "confusion_matrix": cm.tolist(),
+        "evaluated_on": row["accuracy_split"],
+        **headline["details"],
         "classes": ctx.classes,
-        "per_class": report["per_class"],
-        "misclassified": misclassified,
         "history": history,
     }
     return row, details
+
+
+def _score(model: nn.Module, ctx: Context, idx: torch.Tensor) -> tuple[float, dict]:
+    """(loss, scores) of `model` on the images `idx`: the row's figures (accuracy, correct,
+    images, Clopper-Pearson interval, macro-F1) and the details metrics.json keeps (confusion
+    matrix, per-class scores, misclassified files, every prediction for paired tests)."""
+    loss, logits = evaluate(model, ctx, idx)
+    labels = ctx.labels[idx].cpu().numpy()
+    preds = logits.argmax(1)
+    cm = M.confusion_matrix(labels, preds, len(ctx.classes))
+    report = M.classification_report(cm, ctx.classes)
+    correct = int((preds == labels).sum())
+    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    files = [ctx.dataset.files[i] for i in idx.cpu().numpy()]
+    lo, hi = M.clopper_pearson(correct, len(labels))
+    misclassified = [
+        {
+            "file": files[i],
+            "true": ctx.classes[labels[i]],
+            "predicted": ctx.classes[preds[i]],
+            "confidence": float(probs[i, preds[i]]),
+        }
+        for i in np.flatnonzero(preds != labels)
+    ]
+    return loss, {
+        "row": {
+            "accuracy": report["accuracy"],
+            "correct": correct,
+            "images": len(labels),
+            "accuracy_ci95_low": lo,
+            "accuracy_ci95_high": hi,
+            "macro_f1": report["macro_f1"],
+        },
+        "details": {
+            "confusion_matrix": cm.tolist(),
+            "per_class": report["per_class"],
+            "misclassified": misclassified,
+            "predictions": {
+                "files": files,
+                "labels": labels.tolist(),
+                "predicted": preds.tolist(),
+            },
+        },
+    }

@@ -79,13 +79,18 @@ class PlainReporter(NullReporter):
         )
 
     def end_model(self, row):
+        fold = "" if row.get("fold") is None else f" fold {row['fold']}"
+        tag = f"[{row['model']} seed {row['seed']}{fold}]"
         if row["status"] == "ok":
+            split = row.get("accuracy_split", "val")
             self.log(
-                f"[{row['model']} seed {row['seed']}] done: val_accuracy {row['val_accuracy']:.4f} "
-                f"macro_f1 {row['macro_f1']:.4f} in {_fmt_minutes(row['train_seconds'])}"
+                f"{tag} done: {split}_accuracy {row[f'{split}_accuracy']:.4f} "
+                f"({row[f'{split}_correct']}/{row[f'{split}_images']}) {split}_macro_f1 "
+                f"{row[f'{split}_macro_f1']:.4f}, val_accuracy {row['val_accuracy']:.4f} "
+                f"(picked the epoch) in {_fmt_minutes(row['train_seconds'])}"
             )
         else:
-            self.warn(f"[{row['model']} seed {row['seed']}] FAILED: {row['error']}")
+            self.warn(f"{tag} FAILED: {row['error']}")
 
 
 class RichReporter(PlainReporter):

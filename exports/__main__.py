@@ -3,7 +3,9 @@
   predict MODEL.onnx IMAGE_OR_DIR ... [--json] [--batch-size N] [--provider cpu|cuda|tensorrt]
       exit 0: every image classified, 1: some image failed, 2: unusable model file / provider
   verify MODEL.onnx --data PATH [--manifest M.json] [--checkpoint best.pt] [--json]
-      exit 0: accuracy (and parity) reproduced, 1: not reproduced, 2: unusable model / data
+         [--allow-other-data]
+      exit 0: accuracy (and parity) reproduced, 1: not reproduced or not comparable (other
+      dataset/split, no recorded accuracy), 2: unusable model / data
 
 `predict` never imports torch (it runs where only onnxruntime is installed); `verify` loads
 the dataset with neu (torch) and imports the parity check only for --checkpoint.
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=_positive, default=None, help="ORT intra-op threads")
 
     v = sub.add_parser(
-        "verify", help="re-check an exported model's accuracy on its validation split"
+        "verify", help="re-check an exported model's test accuracy on its own test split"
     )
     v.add_argument("model", help="the model.onnx written by `bench run`")
     v.add_argument("--data", required=True, help="the dataset folder the model was trained on")
@@ -45,6 +47,12 @@ def main(argv=None) -> int:
     v.add_argument("--checkpoint", help="best.pt: also run the full torch-vs-ONNX parity check")
     v.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
     v.add_argument("--exclude-bad", action="store_true", help="skip unreadable images")
+    v.add_argument(
+        "--allow-other-data",
+        action="store_true",
+        help="run the model on data it was not measured on (another dataset or split, or no "
+        "recorded accuracy): reports what was and was not verified instead of failing",
+    )
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--batch-size", type=_positive, default=32)
     v.add_argument("--provider", choices=list(PROVIDERS), default="cpu")

@@ -61,8 +61,13 @@ def build_metadata(
     split_hash: str,
     split: dict,
     weights: str,
+    test_accuracy: float | None = None,
+    test_images: int | None = None,
 ) -> dict[str, str]:
     """The "neu_bench.*" metadata_props of an exported model (all values are strings).
+
+    test_accuracy is the headline: measured once, with this checkpoint, on the test images of
+    split `split_hash` (which `verify` re-derives from `split`); val_accuracy picked the epoch.
 
     Structured values are JSON. Adds the torch/torchvision versions and the export time
     (ISO 8601 UTC). Validated with the same parser the runtime uses, so a file exported with
@@ -88,6 +93,8 @@ def build_metadata(
         "input_range": INPUT_RANGE,
         "resize": RESIZE_METHOD,
         "val_accuracy": json.dumps(None if val_accuracy is None else float(val_accuracy)),
+        "test_accuracy": json.dumps(None if test_accuracy is None else float(test_accuracy)),
+        "test_images": json.dumps(None if test_images is None else int(test_images)),
         "dataset_hash": str(dataset_hash),
         "split_hash": str(split_hash),
         "split": json.dumps(dict(split), sort_keys=True),

@@ -43,6 +43,8 @@ REQUIRED_KEYS = (
 PROVENANCE_KEYS = (
     "input_range",
     "val_accuracy",
+    "test_accuracy",
+    "test_images",
     "dataset_hash",
     "split_hash",
     "split",
@@ -190,7 +192,9 @@ class ModelInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resize: str
-    val_accuracy: float | None = None
+    val_accuracy: float | None = None  # on the images that picked the checkpoint: optimistic
+    test_accuracy: float | None = None  # on held-out test images of split_hash (older files: None)
+    test_images: int | None = None
     dataset_hash: str | None = None
     split_hash: str | None = None
     split: dict | None = None
@@ -255,12 +259,18 @@ def parse_metadata(props: dict[str, str], *, source: str | Path = "model") -> Mo
     if meta["resize"] != RESIZE_METHOD:
         raise bad("resize", f"is not {RESIZE_METHOD!r}, the only resize this runtime implements")
 
-    val_accuracy = None
-    if meta.get("val_accuracy") not in (None, "", "null", "None"):
+    def optional_number(key: str, kind=float):
+        # Absent in files exported before the key existed; "null" when not measured.
+        if meta.get(key) in (None, "", "null", "None"):
+            return None
         try:
-            val_accuracy = float(meta["val_accuracy"])
+            return kind(meta[key])
         except ValueError:
-            raise bad("val_accuracy", "is not a number") from None
+            raise bad(key, "is not a number") from None
+
+    val_accuracy = optional_number("val_accuracy")
+    test_accuracy = optional_number("test_accuracy")
+    test_images = optional_number("test_images", int)
     split = load_json("split") if meta.get("split") else None
     return ModelInfo(
         model=meta["model"],
@@ -271,6 +281,8 @@ def parse_metadata(props: dict[str, str], *, source: str | Path = "model") -> Mo
         std=tuple(float(v) for v in std),
         resize=meta["resize"],
         val_accuracy=val_accuracy,
+        test_accuracy=test_accuracy,
+        test_images=test_images,
         dataset_hash=meta.get("dataset_hash") or None,
         split_hash=meta.get("split_hash") or None,
         split=split,

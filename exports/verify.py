@@ -1,12 +1,15 @@
-"""`python -m exports verify`: reproduce an exported model's validation accuracy from the file alone.
+"""`python -m exports verify`: reproduce an exported model's test accuracy from the file alone.
 
-The .onnx records how its validation split was made (neu_bench.split: seed, fractions,
-limit) and hashes of the dataset and of the split. verify reloads the dataset, re-derives
-the split (or reads --manifest), says loudly when the hashes differ (then it is not the same
-validation set, and the accuracies are not comparable), runs the ONNX model on every
-validation image through the torch-free preprocessing (neu.image.normalize of the stored
-uint8 pixels, exactly what `predict` does), and compares with the recorded val_accuracy.
-With --checkpoint it also runs the full torch-vs-ONNX parity check on those images.
+The .onnx records how its split was made (neu_bench.split: seed, fractions, limit, fold) and
+hashes of the dataset and of the split. verify reloads the dataset, re-derives the split (or
+reads --manifest), runs the ONNX model on every test image (validation for files without a
+test accuracy) through the torch-free preprocessing (neu.image.normalize of the stored uint8
+pixels, exactly what `predict` does), and compares with the recorded accuracy. With
+--checkpoint it also runs the full torch-vs-ONNX parity check on those images.
+
+When the recorded figure cannot be compared (other dataset, other split, nothing recorded)
+verify FAILS: it never prints "passed" after checking nothing. --allow-other-data runs the
+model anyway and lists what was and was not verified.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def run_verify(
     batch_size: int = 32,
     provider: str = "cpu",
     threads: int | None = None,
+    allow_other_data: bool = False,
 ) -> dict:
     """Everything `verify` checks, as one dict (passed, failures, warnings, accuracies...).
 
@@ -65,10 +69,18 @@ def run_verify(
     else:
         if not info.split:
             raise ValueError(
-                f"{clf.path} has no neu_bench.split metadata to re-derive the validation split "
-                f"from: pass --manifest (the split.json of the run)"
+                f"{clf.path} has no neu_bench.split metadata to re-derive its test/validation "
+                f"split from: pass --manifest (the split.json of the run)"
             )
-        keys = ("seed", "val_fraction", "test_fraction", "limit_per_class", "use_layout_split")
+        keys = (
+            "seed",
+            "val_fraction",
+            "test_fraction",
+            "limit_per_class",
+            "use_layout_split",
+            "folds",
+            "fold",
+        )
         split = make_split(ds, **{k: v for k, v in info.split.items() if k in keys})
 
     if list(ds.classes) != list(info.classes):
@@ -78,18 +90,34 @@ def run_verify(
             f"the data decodes to {ds.channels} channel(s) but the model was trained on "
             f"{info.channels}: not the same images"
         )
+    # The recorded headline is the test accuracy (older files: the validation accuracy).
+    which = "test" if info.test_accuracy is not None else "val"
+    recorded = info.test_accuracy if which == "test" else info.val_accuracy
     dataset_match = info.dataset_hash is not None and ds.dataset_hash == info.dataset_hash
     split_match = info.split_hash is not None and split.split_hash == info.split_hash
+    # Reasons the recorded accuracy cannot be reproduced here. Each fails verify (exit 1):
+    # printing "passed" after checking nothing would be a lie. --allow-other-data turns them
+    # into notes and verify then says exactly what it did and did not check.
+    not_comparable = []
     if not dataset_match:
-        warnings.append(
+        not_comparable.append(
             f"dataset hash {ds.dataset_hash[:12]} != the model's {str(info.dataset_hash)[:12]}: "
             f"{data} is not the exact dataset this model was trained on (files added, removed, "
-            f"changed or relabelled), so its accuracy below is not comparable"
+            f"changed or relabelled)"
         )
     if not split_match:
-        warnings.append(
+        not_comparable.append(
             f"split hash {split.split_hash[:12]} != the model's {str(info.split_hash)[:12]}: "
-            f"the validation images differ from the run's; pass the run's --manifest to compare"
+            f"the {which} images differ from the run's (pass the run's --manifest)"
+        )
+    if recorded is None:
+        not_comparable.append(f"the model records no {which}_accuracy to compare with")
+    if allow_other_data:
+        warnings.extend(not_comparable)
+    else:
+        failures.extend(
+            f"{why} (pass --allow-other-data to run the model on these images anyway)"
+            for why in not_comparable
         )
     for name, ours, theirs in (("mean", split.mean, info.mean), ("std", split.std, info.std)):
         if not np.allclose(ours, theirs, rtol=0, atol=1e-6):
@@ -97,43 +125,65 @@ def run_verify(
                 f"train-set {name} {list(ours)} != the model's {list(theirs)}; the model's is used"
             )
 
-    val = np.asarray(split.val, dtype=np.int64)
+    chosen = np.asarray(split.test if which == "test" else split.val, dtype=np.int64)
     images = ds.images
     pixels = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
-    pixels = pixels[val]
-    labels = np.asarray(ds.labels)[val]
+    pixels = pixels[chosen]
+    labels = np.asarray(ds.labels)[chosen]
     onnx_accuracy = None
-    if len(val) == 0:
-        failures.append("the validation split is empty")
+    if len(chosen) == 0:
+        failures.append(f"the {which} split is empty")
     elif not failures:
         probs = clf.predict_arrays(pixels, batch_size=batch_size)
         onnx_accuracy = float((probs.argmax(1) == labels).mean())
 
-    recorded = info.val_accuracy
-    comparable = dataset_match and split_match
-    tolerance = accuracy_tolerance(len(val))
-    if onnx_accuracy is not None and recorded is not None and comparable:
+    tolerance = accuracy_tolerance(len(chosen))
+    if onnx_accuracy is not None and recorded is not None and not not_comparable:
         if abs(onnx_accuracy - recorded) > tolerance:
             failures.append(
-                f"ONNX accuracy {onnx_accuracy:.4f} on the {len(val)} validation images != the "
-                f"recorded val_accuracy {recorded:.4f} (tolerance {tolerance:.4f})"
+                f"ONNX accuracy {onnx_accuracy:.4f} on the {len(chosen)} {which} images != the "
+                f"recorded {which}_accuracy {recorded:.4f} (tolerance {tolerance:.4f})"
             )
-    elif recorded is None:
-        warnings.append("the model records no val_accuracy to compare with")
 
     parity = None
     if checkpoint and not failures:
         parity = _checkpoint_parity(clf, checkpoint, pixels, labels, provider, threads, failures)
+
+    verified, not_verified = [], []
+    if onnx_accuracy is not None:
+        verified.append(
+            f"the ONNX model ran on {len(chosen)} {which} images of {data} "
+            f"(accuracy {onnx_accuracy:.4f})"
+        )
+        if not not_comparable:
+            verified.append(
+                f"that accuracy reproduces the recorded {which}_accuracy {recorded:.4f} "
+                f"within {tolerance:.4f}"
+            )
+    if not_comparable:
+        not_verified.append(
+            f"the recorded {which}_accuracy "
+            f"({'none' if recorded is None else f'{recorded:.4f}'}): not comparable, because "
+            + "; ".join(not_comparable)
+        )
+    if parity is not None:
+        verified.append(f"torch-vs-ONNX parity against {checkpoint} on the same images")
+    else:
+        not_verified.append("torch-vs-ONNX parity (pass --checkpoint best.pt)")
 
     return {
         "model": info.model,
         "onnx": str(clf.path),
         "data": str(data),
         "provider": clf.provider,
-        "n_val": int(len(val)),
+        "images": which,
+        "n_images": int(len(chosen)),
         "onnx_accuracy": onnx_accuracy,
-        "recorded_val_accuracy": recorded,
+        "recorded_accuracy": recorded,
         "accuracy_tolerance": tolerance,
+        "allow_other_data": bool(allow_other_data),
+        "verified": verified,
+        "not_verified": not_verified,
         "dataset_hash_match": dataset_match,
         "split_hash_match": split_match,
         "split_source": getattr(split, "source", None),
@@ -179,6 +229,7 @@ def verify(clf: Classifier, args) -> int:
             batch_size=args.batch_size,
             provider=args.provider,
             threads=args.threads,
+            allow_other_data=args.allow_other_data,
         )
     except (ValueError, OSError) as e:  # DatasetError is a ValueError
         print(f"error: {e}", file=sys.stderr)
@@ -189,11 +240,12 @@ def verify(clf: Classifier, args) -> int:
         for w in result["warnings"]:
             print(f"warning: {w}", file=sys.stderr)
         acc = result["onnx_accuracy"]
-        rec = result["recorded_val_accuracy"]
+        rec = result["recorded_accuracy"]
         print(
             f"{result['model']}: ONNX accuracy "
-            f"{'n/a' if acc is None else f'{acc:.4f}'} on {result['n_val']} validation images "
-            f"(recorded {'n/a' if rec is None else f'{rec:.4f}'}), provider {result['provider']}"
+            f"{'n/a' if acc is None else f'{acc:.4f}'} on {result['n_images']} {result['images']} "
+            f"images (recorded {'n/a' if rec is None else f'{rec:.4f}'}), "
+            f"provider {result['provider']}"
         )
         if result["parity"]:
             p = result["parity"]
@@ -203,5 +255,10 @@ def verify(clf: Classifier, args) -> int:
             )
         for f in result["failures"]:
             print(f"FAILED: {f}", file=sys.stderr)
+        if result["passed"]:
+            for v in result["verified"]:
+                print(f"verified: {v}")
+            for v in result["not_verified"]:
+                print(f"NOT verified: {v}")
         print("verify: " + ("passed" if result["passed"] else "FAILED"))
     return 0 if result["passed"] else 1

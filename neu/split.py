@@ -1,5 +1,10 @@
 """Train/val/test split: stratified, seeded, identical on every machine, leak-free.
 
+Default 70/10/20: val picks the best epoch, test is touched once, by the chosen checkpoint,
+so its accuracy and interval are honest. With folds=K the test set is fold `fold` of a
+stratified K-fold partition (every image is a test image in exactly one fold) and val is
+carved from the other folds.
+
 The order inside each class comes from sha256(f"{seed}:{group key}") where the group key is
 the content hash of an exact-duplicate group (the smallest file sha256 in it). So the split
 depends only on the seed and the file contents: not on Python's hash(), the global RNG, file
@@ -42,6 +47,8 @@ class Split:
     std: tuple[float, float, float]
     split_hash: str
     notes: list[str] = field(default_factory=list)
+    folds: int = 1  # K of K-fold cross-validation; 1 = one train/val/test split
+    fold: int | None = None  # which fold is the test set (None without cross-validation)
 
     def assignment(self, n: int) -> list[str]:
         """Per dataset index: "train" / "val" / "test" / "unused" (left out by the limit)."""
@@ -52,13 +59,17 @@ class Split:
         return out
 
     def info(self) -> dict:
-        """The split's identity, as checkpoints and ONNX metadata record it."""
-        return {
+        """The split's identity, as checkpoints and ONNX metadata record it: make_split(ds,
+        **info) rebuilds it."""
+        info = {
             "seed": self.seed,
             "val_fraction": self.val_fraction,
             "test_fraction": self.test_fraction,
             "limit_per_class": self.limit_per_class,
         }
+        if self.folds > 1:
+            info.update(folds=self.folds, fold=self.fold)
+        return info
 
 
 def _order_key(seed: int, key: str, salt: str = "") -> str:
@@ -115,7 +126,9 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(means), tuple(stds)
 
 
-def _finish(ds, seed, val_fraction, test_fraction, limit, source, parts, notes=()) -> Split:
+def _finish(
+    ds, seed, val_fraction, test_fraction, limit, source, parts, notes=(), folds=1, fold=None
+) -> Split:
     train, val, test = (np.array(sorted(parts[s]), dtype=np.int64) for s in SPLITS)
     mean, std = channel_stats(ds.images[torch.from_numpy(train)])
     split = Split(
@@ -131,6 +144,8 @@ def _finish(ds, seed, val_fraction, test_fraction, limit, source, parts, notes=(
         std=std,
         split_hash="",
         notes=list(notes),
+        folds=folds,
+        fold=fold,
     )
     split.split_hash = split_hash_of(ds.files, split.assignment(len(ds)))
     return split
@@ -140,10 +155,12 @@ def make_split(
     ds: Dataset,
     *,
     seed: int = 0,
-    val_fraction: float = 0.2,
-    test_fraction: float = 0.0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
     limit_per_class: int | None = None,
     use_layout_split: bool = False,
+    folds: int = 1,
+    fold: int | None = None,
 ) -> Split:
     """Stratified seeded split of `ds` (see module docstring).
 
@@ -151,7 +168,17 @@ def make_split(
     the rest (at least one). limit_per_class first keeps a seeded subset of that many images
     per class (the rest are "unused"). use_layout_split takes the Kaggle layout's own
     train/valid/test instead (valid -> "val").
+
+    folds=K > 1: each class's groups (in their seeded order) are dealt into K folds of
+    near-equal size, duplicates together; test is fold `fold`, test_fraction is ignored
+    (recorded as 1/K) and val takes round(n * val_fraction) of the remaining images.
     """
+    if folds < 1 or (folds > 1 and (fold is None or not 0 <= fold < folds)):
+        raise ValueError(f"need folds >= 1 and 0 <= fold < folds; got folds={folds}, fold={fold}")
+    if folds > 1:
+        if use_layout_split:
+            raise ValueError("folds > 1 makes its own test sets: it cannot use the layout's split")
+        test_fraction = round(1 / folds, 6)
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(
             f"need 0 <= val_fraction, test_fraction and val+test < 1; got {val_fraction}, "
@@ -190,6 +217,19 @@ def make_split(
             cg = [g for g in cg if g[0] in chosen_set]
         cg.sort(key=lambda g: _order_key(seed, key[id(g)]))
         n = sum(len(g) for g in cg)
+        if folds > 1:
+            # Deal groups into folds by their running start: fold sizes differ by at most a
+            # duplicate group, and the K test sets partition the class.
+            test, rest, start = [], [], 0
+            for g in cg:
+                (test if start * folds // n == fold else rest).append(g)
+                start += len(g)
+            n_val = min(_round(n * val_fraction), sum(len(g) for g in rest) - 1)
+            val, rest = _take(rest, max(n_val, 0))
+            parts["test"].extend(i for g in test for i in g)
+            parts["val"].extend(val)
+            parts["train"].extend(i for g in rest for i in g)
+            continue
         n_test = _round(n * test_fraction)
         n_val = _round(n * val_fraction)
         # Keep at least one training image per class; tiny classes give up test first.
@@ -203,7 +243,9 @@ def make_split(
         parts["test"].extend(test)
         parts["val"].extend(val)
         parts["train"].extend(i for g in cg for i in g)
-    return _finish(ds, seed, val_fraction, test_fraction, limit_per_class, "seeded", parts)
+    return _finish(
+        ds, seed, val_fraction, test_fraction, limit_per_class, "seeded", parts, (), folds, fold
+    )
 
 
 # --- manifest ----------------------------------------------------------------------------
@@ -218,6 +260,8 @@ def save_manifest(split: Split, ds: Dataset, path: str | Path) -> Path:
         "val_fraction": split.val_fraction,
         "test_fraction": split.test_fraction,
         "limit_per_class": split.limit_per_class,
+        "folds": split.folds,
+        "fold": split.fold,
         "source": split.source,
         "classes": list(ds.classes),
         "layout": ds.layout,
@@ -305,6 +349,8 @@ def load_manifest(path: str | Path, ds: Dataset) -> Split:
         m["limit_per_class"],
         "manifest",
         parts,
+        folds=m.get("folds", 1),
+        fold=m.get("fold"),
     )
     # Stored statistics win: a model trained with them must be evaluated with them.
     split.mean, split.std = tuple(m["mean"]), tuple(m["std"])

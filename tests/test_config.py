@@ -79,3 +79,22 @@ def test_cli_rejects_bad_flags_before_any_work(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--epochs", "many"])
     assert "--epochs expects int" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, shown",
+    [
+        (Recipe, {"label_smoothing": 1.5}, "(got 1.5)"),
+        (Recipe, {"crop_scale_min": 2.0}, "(got 2.0)"),
+        (Recipe, {"eval_batch_size": -3}, "(got -3)"),
+        (Recipe, {"folds": 0}, "(got 0)"),
+        (Recipe, {"folds": 2, "val_fraction": 0.5}, "--folds"),
+        (RunOptions, {"speed_min_seconds": -2.5}, "(got -2.5)"),
+        (RunOptions, {"speed_min_iters": -7}, "(got -7)"),
+    ],
+)
+def test_config_errors_show_the_value_given(cls, kwargs, shown):
+    # The message used to say "(got 0)" whatever the user typed.
+    with pytest.raises(ConfigError) as e:
+        cls(**kwargs)
+    assert shown in str(e.value)

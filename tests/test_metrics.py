@@ -56,3 +56,26 @@ def test_mean_ci_over_seeds_uses_student_t():
     half = 4.303 * 0.02 / math.sqrt(3)
     assert stats["ci95"] == pytest.approx([0.92 - half, 0.92 + half])
     assert M.mean_ci([0.5])["ci95"] is None
+
+
+@pytest.mark.parametrize(
+    "a_only, b_only, expected",
+    [
+        # hand-computed: 2 * sum_{i<=k} C(n, i) / 2^n
+        (0, 0, 1.0),
+        (1, 0, 1.0),  # one image is never evidence
+        (0, 5, 2 / 32),  # 2 * (1/32)
+        (1, 9, 2 * 11 / 1024),  # 2 * (1 + 10) / 2^10
+        (3, 3, 1.0),
+        (2, 8, 2 * (1 + 10 + 45) / 1024),
+    ],
+)
+def test_mcnemar_exact_against_hand_computed_binomial_tails(a_only, b_only, expected):
+    assert M.mcnemar_exact(a_only, b_only) == pytest.approx(expected, rel=1e-9)
+    assert M.mcnemar_exact(b_only, a_only) == pytest.approx(expected, rel=1e-9)  # symmetric
+
+
+def test_mcnemar_one_image_apart_is_indistinguishable():
+    # 99.4% vs 99.7% on 360 images: one image, p = 1, not a winner
+    assert M.mcnemar_exact(1, 0) >= 0.05
+    assert M.mcnemar_exact(12, 1) < 0.05

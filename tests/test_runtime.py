@@ -303,14 +303,14 @@ def verified_run(model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("verify")
     root = make_neu_flat(tmp / "NEU-CLS", per_class=4, size=(40, 40))
     ds = load_dataset(root, image_size=SIZE, cache_dir=False)
-    split = make_split(ds, seed=3, val_fraction=0.5)
-    val = torch.as_tensor(split.val)
-    inputs = torch.from_numpy(normalize(ds.images[val].numpy(), split.mean, split.std))
+    split = make_split(ds, seed=3, val_fraction=0.25, test_fraction=0.5)
+    test = torch.as_tensor(split.test)
+    inputs = torch.from_numpy(normalize(ds.images[test].numpy(), split.mean, split.std))
     with torch.no_grad():
         top1 = model(inputs).argmax(1).numpy()
-    accuracy = float((top1 == ds.labels[split.val]).mean())
+    accuracy = float((top1 == ds.labels[split.test]).mean())
 
-    def export(path, val_accuracy=accuracy):
+    def export(path, test_accuracy=accuracy, val_accuracy=0.5):
         meta = build_metadata(
             model_name="shufflenet_v2_x0_5",
             classes=ds.classes,
@@ -319,6 +319,8 @@ def verified_run(model, tmp_path_factory):
             mean=split.mean,
             std=split.std,
             val_accuracy=val_accuracy,
+            test_accuracy=test_accuracy,
+            test_images=len(split.test),
             dataset_hash=ds.dataset_hash,
             split_hash=split.split_hash,
             split=split.info(),
@@ -357,7 +359,7 @@ def test_verify_reproduces_accuracy(verified_run, capsys):
     result = json.loads(capsys.readouterr().out)
     assert code == 0, result
     assert result["passed"] and not result["failures"] and not result["warnings"]
-    assert result["n_val"] == 12
+    assert (result["images"], result["n_images"]) == ("test", 12)
     assert result["onnx_accuracy"] == pytest.approx(verified_run["accuracy"])
     assert result["dataset_hash_match"] and result["split_hash_match"]
 
@@ -373,23 +375,58 @@ def test_verify_with_checkpoint_runs_parity(verified_run, capsys):
 
 def test_verify_fails_on_wrong_recorded_accuracy(verified_run, capsys):
     wrong = min(1.0, verified_run["accuracy"] + 0.5) if verified_run["accuracy"] < 0.5 else 0.0
-    path = verified_run["export"](verified_run["tmp"] / "wrong.onnx", val_accuracy=wrong)
+    path = verified_run["export"](verified_run["tmp"] / "wrong.onnx", test_accuracy=wrong)
     code = main(["verify", str(path), "--data", str(verified_run["root"])])
     out, err = capsys.readouterr()
     assert code == 1
-    assert "FAILED" in err and "recorded val_accuracy" in err and "verify: FAILED" in out
+    assert "FAILED" in err and "recorded test_accuracy" in err and "verify: FAILED" in out
 
 
-def test_verify_warns_on_other_dataset(verified_run, tmp_path, capsys):
+def test_verify_fails_on_other_dataset_unless_allowed(verified_run, tmp_path, capsys):
+    # It used to warn, check nothing, print "passed" and exit 0.
     from tests.conftest import make_neu_flat
 
     path = verified_run["export"](verified_run["tmp"] / "good.onnx")
     other = make_neu_flat(tmp_path / "other", per_class=5, size=(40, 40))
-    code = main(["verify", str(path), "--data", str(other), "--json"])
+    code = main(["verify", str(path), "--data", str(other)])
+    out, err = capsys.readouterr()
+    assert code == 1 and "verify: FAILED" in out and "passed" not in out
+    assert "not the exact dataset" in err and "--allow-other-data" in err
+
+    code = main(["verify", str(path), "--data", str(other), "--allow-other-data", "--json"])
     result = json.loads(capsys.readouterr().out)
-    assert code == 0  # not comparable, so nothing to fail on; said loudly instead
-    assert not result["dataset_hash_match"]
-    assert any("not the exact dataset" in w for w in result["warnings"])
+    assert code == 0 and result["passed"] and not result["dataset_hash_match"]
+    assert result["onnx_accuracy"] is not None
+    assert any("ran on" in v for v in result["verified"])
+    assert not any("reproduces" in v for v in result["verified"])
+    assert any("not the exact dataset" in v for v in result["not_verified"])
+
+
+def test_verify_fails_on_another_split_of_the_same_data(verified_run, tmp_path, capsys):
+    from neu.dataset import load_dataset
+    from neu.split import make_split, save_manifest
+
+    path = verified_run["export"](verified_run["tmp"] / "good.onnx")
+    ds = load_dataset(verified_run["root"], image_size=SIZE, cache_dir=False)
+    other = save_manifest(make_split(ds, seed=99), ds, tmp_path / "other.json")
+    args = ["verify", str(path), "--data", str(verified_run["root"]), "--manifest", str(other)]
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    assert "split hash" in err and "verify: FAILED" in out
+    assert main([*args, "--allow-other-data"]) == 0
+    out, _ = capsys.readouterr()
+    assert "NOT verified: the recorded test_accuracy" in out and "split hash" in out
+
+
+def test_verify_fails_without_recorded_accuracy(verified_run, capsys):
+    path = verified_run["export"](
+        verified_run["tmp"] / "none.onnx", test_accuracy=None, val_accuracy=None
+    )
+    assert main(["verify", str(path), "--data", str(verified_run["root"])]) == 1
+    assert "records no val_accuracy" in capsys.readouterr().err
+    args = ["verify", str(path), "--data", str(verified_run["root"]), "--allow-other-data"]
+    assert main(args) == 0
+    assert "NOT verified: the recorded val_accuracy (none)" in capsys.readouterr().out
 
 
 def test_verify_bad_data_exit_2(verified_run, tmp_path, capsys):

@@ -25,32 +25,64 @@ def ds10(tmp_path):
     return load_dataset(make_neu_flat(tmp_path / "d", per_class=10), image_size=16)
 
 
-def test_default_is_stratified_80_20(ds10):
+def test_default_is_stratified_70_10_20(ds10):
     sp = make_split(ds10)
-    assert sp.source == "seeded" and (len(sp.train), len(sp.val), len(sp.test)) == (48, 12, 0)
-    assert np.bincount(ds10.labels[sp.val]).tolist() == [2] * 6
-    everything = np.concatenate([sp.train, sp.val])
+    assert sp.source == "seeded" and (len(sp.train), len(sp.val), len(sp.test)) == (42, 6, 12)
+    assert np.bincount(ds10.labels[sp.val]).tolist() == [1] * 6
+    assert np.bincount(ds10.labels[sp.test]).tolist() == [2] * 6
+    everything = np.concatenate([sp.train, sp.val, sp.test])
     assert sorted(everything.tolist()) == list(range(60))
     assert sp.train.dtype == np.int64
     assert sp.info() == {
         "seed": 0,
-        "val_fraction": 0.2,
-        "test_fraction": 0.0,
+        "val_fraction": 0.1,
+        "test_fraction": 0.2,
         "limit_per_class": None,
     }
+
+
+def test_folds_partition_every_class_and_keep_duplicates_together(tmp_path):
+    root = make_neu_flat(tmp_path / "d", per_class=10)
+    # Two identical images of one class: they must share a fold (and never straddle splits).
+    a, b = sorted(root.glob("Pa_*.bmp"))[:2]
+    shutil.copyfile(a, b)
+    ds = load_dataset(root, image_size=16)
+    folds = [make_split(ds, seed=1, folds=3, fold=k, val_fraction=0.1) for k in range(3)]
+    tests = np.concatenate([f.test for f in folds])
+    assert sorted(tests.tolist()) == list(range(60))  # every image tested exactly once
+    for f in folds:
+        assert set(f.train) | set(f.val) | set(f.test) == set(range(60))
+        assert not (set(f.train) & set(f.val) or set(f.train) & set(f.test))
+        assert not set(f.val) & set(f.test)
+        # stratified: 10 images per class -> 3 or 4 test images per class and fold (the
+        # duplicate pair may move one more), and 1 val image per class
+        per_class = np.bincount(ds.labels[f.test]).tolist()
+        assert all(3 <= c <= 4 for i, c in enumerate(per_class) if ds.classes[i] != "patches")
+        assert 2 <= per_class[ds.classes.index("patches")] <= 5
+        assert np.bincount(ds.labels[f.val]).tolist() == [1] * 6
+        assert f.info()["folds"] == 3 and f.info()["fold"] == f.fold
+        where = f.assignment(len(ds))
+        ia, ib = ds.files.index(a.name), ds.files.index(b.name)
+        assert where[ia] == where[ib]
+    # make_split(**info) rebuilds each fold: what exports/verify relies on
+    assert make_split(ds, **folds[2].info()).split_hash == folds[2].split_hash
+    assert len({f.split_hash for f in folds}) == 3
+    with pytest.raises(ValueError, match="fold"):
+        make_split(ds, folds=3, fold=3)
 
 
 def test_test_fraction_and_limit_per_class(ds10):
     sp = make_split(ds10, val_fraction=0.2, test_fraction=0.3)
     assert np.bincount(ds10.labels[sp.test]).tolist() == [3] * 6
     assert np.bincount(ds10.labels[sp.val]).tolist() == [2] * 6
-    lim = make_split(ds10, limit_per_class=5)
+    lim = make_split(ds10, limit_per_class=5, val_fraction=0.2, test_fraction=0.0)
     assert (
         len(lim.train) + len(lim.val) == 30
         and np.bincount(ds10.labels[lim.val]).tolist() == [1] * 6
     )
     assert lim.assignment(len(ds10)).count("unused") == 30
-    assert make_split(ds10, limit_per_class=5).split_hash == lim.split_hash
+    same = make_split(ds10, limit_per_class=5, val_fraction=0.2, test_fraction=0.0)
+    assert same.split_hash == lim.split_hash
 
 
 def test_reproducible_and_seed_dependent(ds10):
@@ -142,7 +174,7 @@ def test_manifest_round_trip(ds10, tmp_path):
     for name in ("train", "val", "test"):
         assert np.array_equal(getattr(back, name), getattr(sp, name))
     assert back.mean == sp.mean and back.std == sp.std
-    assert (back.seed, back.val_fraction, back.test_fraction) == (7, 0.2, 0.2)
+    assert (back.seed, back.val_fraction, back.test_fraction) == (7, 0.1, 0.2)
     assert not list(path.parent.glob(".*.tmp"))  # atomic write leaves no temp files
 
 

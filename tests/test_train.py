@@ -68,7 +68,11 @@ def test_run_writes_every_output(finished):
     assert not (seed_dir / "last.pt").exists()  # removed once the model is finished
     on_disk = json.loads((out / "results.json").read_text())
     (row,) = on_disk["rows"]
-    for key in ("model", "seed", "status", "error", "val_accuracy", "macro_f1", "train_seconds"):
+    for key in (
+        "model", "seed", "fold", "status", "error", "val_accuracy", "test_accuracy",
+        "test_correct", "test_images", "test_accuracy_ci95_low", "test_accuracy_ci95_high",
+        "test_macro_f1", "train_seconds",
+    ):  # fmt: skip
         assert key in row
     assert row["status"] == "ok" and row["error"] is None and row["weights"] == "none"
     # Which precision trained the model and why, in the row, the run record and the report.
@@ -78,21 +82,36 @@ def test_run_writes_every_output(finished):
     assert row["compile"] is False and row["compile_error"] is None
     sweep = on_disk["sweep"]
     assert 0 < sweep["train_seconds_actual"] <= sweep["seconds_actual"]
+    assert row["fold"] is None and row["accuracy_split"] == "test"
     assert 0 <= row["val_accuracy"] <= 1
+    # default split 70/10/20 of 10 images per class: 1 val and 2 test images per class
+    assert (row["val_images"], row["test_images"]) == (6, 12)
+    assert row["test_accuracy"] == row["test_correct"] / 12
+    assert row["test_accuracy_ci95_low"] <= row["test_accuracy"] <= row["test_accuracy_ci95_high"]
     assert on_disk["recipe"]["image_size"] == 32
     assert on_disk["dataset"]["dataset_hash"] and on_disk["environment"]["torch"]
     metrics = json.loads((seed_dir / "metrics.json").read_text())
+    # every headline number comes from the test images, not the ones that chose the epoch
+    assert metrics["evaluated_on"] == "test"
+    split = json.loads((out / "split.json").read_text())
+    test_files = {it["file"] for it in split["items"] if it["split"] == "test"}
+    assert set(metrics["predictions"]["files"]) == test_files
     cm = metrics["confusion_matrix"]
-    assert len(cm) == 6 and sum(map(sum, cm)) == row["val_images"]
-    assert len(metrics["misclassified"]) == row["val_images"] - row["val_correct"]
+    assert len(cm) == 6 and sum(map(sum, cm)) == row["test_images"] == 12
+    assert len(metrics["misclassified"]) == row["test_images"] - row["test_correct"]
+    assert {m["file"] for m in metrics["misclassified"]} <= test_files
+    (summary,) = on_disk["summary"]
+    assert summary["accuracy_split"] == "test" and summary["images"] == 12
+    assert summary["accuracy_mean"] == row["test_accuracy"]
     with open(out / "results.csv") as f:
-        assert next(csv.DictReader(f))["model"] == MODEL
+        assert next(csv.DictReader(f))["test_accuracy"] == str(row["test_accuracy"])
     report = (out / "report.md").read_text()
     assert f"Training precision: **{auto.name}** ({auto.reason})" in report
     assert "Sweep wall time" in report
-    assert "Confusion matrix" in report and "Clopper-Pearson" in report
+    assert "Confusion matrix" in report and "Clopper-Pearson 95% (n=12 test images)" in report
+    assert "**test accuracy**" in report and "optimistic" not in report
     assert "| class | precision | recall | F1 | support |" in report
-    if row["val_correct"] < row["val_images"]:
+    if row["test_correct"] < row["test_images"]:
         assert metrics["misclassified"][0]["file"] in report
 
 
@@ -203,7 +222,7 @@ class StopAfter(NullReporter):
 
 
 def _metrics(results):
-    keep = ("val_accuracy", "macro_f1", "val_loss", "best_epoch")
+    keep = ("val_accuracy", "test_accuracy", "test_macro_f1", "val_loss", "best_epoch")
     return [{k: r[k] for k in keep} for r in results["rows"]]
 
 
@@ -286,7 +305,9 @@ def test_pipeline_efficiency_splits_the_real_steps_into_data_and_compute(
         # data + compute account for the timed loop (the rest is loop overhead: small)
         steps_s = (float(h["data_ms_per_step"]) + float(h["compute_ms_per_step"])) / 1e3
         n_steps = float(h["train_seconds"]) / steps_s
-        assert 0.9 * n_steps <= 6 <= 1.1 * n_steps + 1  # 48 training images / batch 8
+        assert (
+            0.9 * n_steps <= 6 <= 1.1 * n_steps + 1
+        )  # 42 training images (70/10/20 of 60) / batch 8
     # 2 per-epoch validations + best-checkpoint evaluation (+ test) each slept 0.2 s
     assert row["eval_seconds"] >= 0.6
     assert row["train_seconds"] == pytest.approx(sum(float(h["train_seconds"]) for h in history))
@@ -295,10 +316,65 @@ def test_pipeline_efficiency_splits_the_real_steps_into_data_and_compute(
 def test_sweep_estimate_is_recorded_once_and_scaled_by_gflops():
     info = {"a": {"gflops": 1.0}, "b": {"gflops": 3.0}}
     record = {}
-    estimate = bench_run._estimator(info, ["a", "b"], [0, 1], record)
+    estimate = bench_run._estimator(info, ["a", "b"], 2, record)
     text = estimate("a", 2.0, 10, 3)  # 60 s for a; b has 3x the FLOPs; two seeds each
     assert "whole sweep ~8 min" in text
     assert record["train_seconds_expected"] == pytest.approx((60 + 180) * 2)
     estimate("b", 100.0, 10, 3)  # later models refine the log line, not the start-of-run figure
     assert record["train_seconds_expected"] == pytest.approx(480)
     assert record["expected_from"].startswith("a: 2.000 s per batch")
+
+
+def test_without_test_split_the_report_says_optimistic(data, tmp_path):
+    recipe = tiny_recipe(epochs=1, test_fraction=0.0, val_fraction=0.2)
+    results, code = bench_run.run(recipe, tiny_opts(data, tmp_path), NullReporter())
+    assert code == 0
+    (row,) = results["rows"]
+    assert row["accuracy_split"] == "val" and row["test_accuracy"] is None
+    assert results["summary"][0]["accuracy_mean"] == row["val_accuracy"]
+    report = (tmp_path / "report.md").read_text()
+    assert "validation accuracy (also used to pick the checkpoint: optimistic)" in report
+    assert "**test accuracy**" not in report
+
+
+@pytest.mark.slow
+def test_folds_test_every_image_once_and_pool(data, tmp_path):
+    recipe = tiny_recipe(epochs=1, folds=2)
+    opts = tiny_opts(data, tmp_path, models=f"{MODEL},mobilenet_v3_small")
+    results, code = bench_run.run(recipe, opts, NullReporter())
+    assert code == 0
+    rows = results["rows"]
+    assert [(r["model"], r["fold"]) for r in rows] == [
+        (m, k) for m in (MODEL, "mobilenet_v3_small") for k in range(2)
+    ]
+    tested = []
+    for r in rows[:2]:
+        metrics = json.loads((tmp_path / r["checkpoint"]).with_name("metrics.json").read_text())
+        tested += metrics["predictions"]["files"]
+        assert (tmp_path / f"split_fold{r['fold']}.json").is_file()
+    assert len(tested) == len(set(tested)) == 60  # every image a test image exactly once
+    s = results["summary"][0]
+    assert (s["folds"], s["images"]) == (2, 60)
+    assert s["correct"] == sum(r["test_correct"] for r in rows[:2])
+    assert s["accuracy_mean"] == pytest.approx(s["correct"] / 60)
+    assert "2 folds pooled" in s["ci_method"] and s["fold_accuracy_std"] is not None
+    # the two models compared pairwise on the same 60 test images
+    (c,) = results["comparisons"]
+    assert (c["model_a"], c["model_b"], c["images"]) == (MODEL, "mobilenet_v3_small", 60)
+    right = {}
+    for r in rows:
+        m = json.loads((tmp_path / r["checkpoint"]).with_name("metrics.json").read_text())
+        p = m["predictions"]
+        for f, y, yhat in zip(p["files"], p["labels"], p["predicted"], strict=True):
+            right[r["model"], f] = y == yhat
+    files = {f for _, f in right}
+    a_only = sum(right[MODEL, f] and not right["mobilenet_v3_small", f] for f in files)
+    b_only = sum(right["mobilenet_v3_small", f] and not right[MODEL, f] for f in files)
+    assert (c["a_only_correct"], c["b_only_correct"]) == (a_only, b_only)
+    assert 0 < c["p_value"] <= 1
+    assert {x["indistinguishable_from_best"] is not None for x in results["summary"]} == {True}
+    report = (tmp_path / "report.md").read_text()
+    assert "Paired comparison (exact McNemar test)" in report
+    # resume: a re-run retrains nothing and gives the same rows
+    again, code = bench_run.run(recipe, opts, NullReporter())
+    assert code == 0 and again["rows"] == rows
