@@ -34,9 +34,28 @@ def register_model(name: str | None = None):
     return wrap
 
 
+# GoogLeNet and Inception v3 add auxiliary classifiers in train mode: their forward then
+# returns a tuple, not logits, and their heads have ImageNet's 1000 outputs. neu-bench trains
+# one head with one loss, so they are built without (as torchvision's pretrained models are
+# used for inference); init_weights=True keeps torchvision's initialisation, stated to
+# silence its warning.
+_NO_AUX = {"googlenet": {"aux_logits": False, "init_weights": True},
+           "inception_v3": {"aux_logits": False, "init_weights": True}}  # fmt: skip
+
+
+def min_image_size(name: str) -> int:
+    """The smallest square input side `name` accepts, from torchvision's weights metadata
+    (ViTs take exactly their built size: 224 px from scratch); 32 px at least."""
+    if name.startswith("vit_"):
+        return 224
+    weights = imagenet_weights(name)
+    size = weights.meta.get("min_size") if weights is not None else None
+    return max(size[0], 32) if size else 32
+
+
 def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
     def build(weights=None) -> nn.Module:
-        return torchvision.models.get_model(name, weights=weights)
+        return torchvision.models.get_model(name, weights=weights, **_NO_AUX.get(name, {}))
 
     build.__name__ = name
     build.__doc__ = f"torchvision.models.{name}"
@@ -181,7 +200,12 @@ def build_model(name: str, *, num_classes: int, weights: str = "none") -> nn.Mod
     builder = get_model(name)
     model = builder(weights=None)
     if weights == "imagenet":
-        model.load_state_dict(fetch_imagenet_weights(name))
+        state = fetch_imagenet_weights(name)
+        if name in _NO_AUX:  # built without the auxiliary heads: their weights have no home
+            state = {
+                k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))
+            }
+        model.load_state_dict(state)
         replace_head(model, num_classes)
     elif weights == "none":
         replace_head(model, num_classes)

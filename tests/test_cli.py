@@ -46,7 +46,9 @@ def test_quick_run_is_labelled_and_exports_with_parity(tmp_path, capsys):
     for key in ("model", "path", "parity_passed", "max_abs_diff", "top1_disagreements", "provider"):
         assert key in exp
     assert exp["parity_passed"] and exp["top1_disagreements"] == 0
-    assert exp["n_images"] == results["dataset"]["split"]["val_images"]
+    # parity runs on the test images (data that chose nothing)
+    assert exp["images"] == "test"
+    assert exp["n_images"] == results["dataset"]["split"]["test_images"] == 12
     assert (out / exp["path"]).is_file()
     kinds = {(r["runtime"], r["provider"], r["batch_size"]) for r in results["speed"]}
     assert {("torch", "cpu", 1), ("torch", "cpu", 32), ("onnxruntime", "cpu", 1)} <= kinds
@@ -63,17 +65,19 @@ def test_quick_run_is_labelled_and_exports_with_parity(tmp_path, capsys):
     assert (out / "accuracy_vs_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "accuracy_vs_latency.png" in (out / "report.md").read_text()
 
+    # The exported model states the test accuracy and the split it was measured on.
+    from exports.runtime import Classifier
+
+    info = Classifier(out / exp["path"]).info
+    (row,) = results["rows"]
+    assert (info.test_accuracy, info.test_images) == (row["test_accuracy"], 12)
+    assert info.split_hash == results["dataset"]["split_hash"]
+
     # The exported model, run by the torch-free runtime, agrees with the run's evaluation.
-    val = [i["file"] for i in json.loads((out / "split.json").read_text())["items"]
-           if i["split"] == "val"]  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-m", "exports", "predict", str(out / exp["path"]), "--json"]
-        + [str(data / f) for f in val],
-        capture_output=True, text=True, cwd=REPO,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    preds = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert len(preds) == len(val) and all("class" in p for p in preds)
+    test = [i["file"] for i in json.loads((out / "split.json").read_text())["items"]
+            if i["split"] == "test"]  # fmt: skip
+    preds = _predict(out / exp["path"], [data / f for f in test])
+    assert len(preds) == len(test) and all("class" in p for p in preds)
     metrics = json.loads((out / "shufflenet_v2_x0_5" / "seed0" / "metrics.json").read_text())
     wrong = {m["file"]: m["predicted"] for m in metrics["misclassified"]}
     truth = {f: i["class"] for i in json.loads((out / "split.json").read_text())["items"]
@@ -81,6 +85,36 @@ def test_quick_run_is_labelled_and_exports_with_parity(tmp_path, capsys):
     for p in preds:
         name = Path(p["file"]).name
         assert p["class"] == wrong.get(name, truth[name])
+
+    # bench speed --checkpoint exports with the checkpoint's own preprocessing (it used to
+    # write mean 0.5, std 0.25, 3 channels): the same answers as the run's export.
+    ckpt = out / row["checkpoint"]
+    argv = ["speed", "--models", "shufflenet_v2_x0_5", "--checkpoint", str(ckpt), "--out",
+            str(tmp_path / "speed"), "--speed-min-seconds", "0", "--speed-min-iters", "2"]  # fmt: skip
+    assert main(argv) == 0
+    sped = tmp_path / "speed" / "exports" / "shufflenet_v2_x0_5.onnx"
+    again = Classifier(sped).info
+    assert (again.channels, again.mean, again.std) == (info.channels, info.mean, info.std)
+    assert (again.classes, again.image_size, again.split_hash) == (
+        info.classes, info.image_size, info.split_hash,
+    )  # fmt: skip
+    assert again.test_accuracy == row["test_accuracy"]
+    for p, q in zip(preds, _predict(sped, [data / f for f in test]), strict=True):
+        assert p["class"] == q["class"]
+        # same fp32 graph twice: within parity's logit tolerance (softmax halves it)
+        assert (
+            max(abs(p["probabilities"][c] - q["probabilities"][c]) for c in p["probabilities"])
+            < 5e-4
+        )
+
+
+def _predict(model, files):
+    proc = subprocess.run(
+        [sys.executable, "-m", "exports", "predict", str(model), "--json"] + [str(f) for f in files],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
 @pytest.mark.slow

@@ -201,15 +201,29 @@ def test_atomic_write_keeps_old_file_on_failure(model, tmp_path, monkeypatch):
     assert list(fresh.parent.iterdir()) == []
 
 
-def test_torchscript_exporter_matches_dynamo(model, exported, tmp_path):
+def test_torchscript_exporter_matches_dynamo(tmp_path):
+    from exports.parity import DEFAULT_ATOL
+
+    # Everything seeded here (model, calibration, export example, pixels): no state from
+    # other tests of the module decides the outcome.
+    model = tiny_model(seed=0)
+    dyn = export_onnx(model, tmp_path / "dyn.onnx", metadata=metadata(), image_size=SIZE)
     ts = export_onnx(
         model, tmp_path / "ts.onnx", metadata=metadata(), image_size=SIZE, exporter="torchscript"
     )
-    assert check_parity(model, ts, varied_inputs(6), None, batch_sizes=(1, 6)).passed
+    for path in (dyn, ts):
+        assert check_parity(model, path, varied_inputs(6), None, batch_sizes=(1, 6)).passed
     pixels = np.random.default_rng(0).integers(0, 256, (5, 1, SIZE, SIZE), dtype=np.uint8)
-    a = Classifier(exported).predict_arrays(pixels)
+    a = Classifier(dyn).predict_arrays(pixels)
     b = Classifier(ts).predict_arrays(pixels)
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    # The two graphs compute the same fp32 logits with different kernels and fusions (which
+    # differ per CPU: AVX2 vs AVX-512 gave 1.9e-5 apart), so their logits agree within
+    # parity's DEFAULT_ATOL (module docstring of exports.parity: fp32 rounding of these
+    # CNNs is 1e-6..1e-4). Softmax is 1/2-Lipschitz in the max norm (each row of its Jacobian
+    # sums to 2 p (1 - p) <= 1/2), so the probabilities agree within DEFAULT_ATOL / 2. An
+    # export bug moves logits by 1e-1 or more, far outside.
+    np.testing.assert_allclose(a, b, rtol=0, atol=DEFAULT_ATOL / 2)
+    assert (a.argmax(1) == b.argmax(1)).all()
 
 
 def test_export_leaves_model_untouched(tmp_path):

@@ -10,6 +10,7 @@ from bench.registry import (
     head_parameter_names,
     imagenet_weights,
     list_models,
+    min_image_size,
     resolve_models,
     resolve_weights,
     weights_cache_file,
@@ -53,6 +54,51 @@ def test_each_architecture_forward_backward_small(name):
     assert all(grads[n] is not None for n in head)
 
 
+# README: --models takes any torchvision classifier with a Linear head. Each one up to 150 M
+# parameters takes a real training step here (the four defaults included); the giants
+# (convnext_large, vit_l_*, vit_h_14, regnet_y_128gf: 0.2-0.65 G parameters) are built the
+# same way but too heavy for a 2-core CI. SqueezeNet (a conv head) is rejected clearly.
+_NO_LINEAR_HEAD = {"squeezenet1_0", "squeezenet1_1"}
+_CLAIMED = [
+    n
+    for n in sorted(torchvision.models.list_models(module=torchvision.models))
+    if n not in _NO_LINEAR_HEAD and imagenet_weights(n).meta["num_params"] <= 150e6
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _CLAIMED)
+def test_every_claimed_model_takes_a_training_step(name):
+    from bench.config import Recipe
+    from bench.train import make_optimizer
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=6).train()
+    opt, _ = make_optimizer(model, Recipe(), "none")
+    size = min_image_size(name)
+    x, y = torch.randn(2, 3, size, size), torch.tensor([0, 5])
+    out = model(x)
+    # Train mode must give plain logits: googlenet/inception_v3 used to return aux tuples.
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 6), type(out)
+    torch.nn.functional.cross_entropy(out, y).backward()
+    before = model.get_submodule(sorted(head_parameter_names(model))[0].rsplit(".", 1)[0])
+    w = before.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(w, before.weight)
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_aux_models_load_imagenet_weights_without_aux_heads(name, tmp_path, monkeypatch):
+    # torchvision's ImageNet files carry the 1000-class auxiliary heads: they are dropped.
+    reference, _ = _plant(tmp_path, monkeypatch, name)
+    assert any(k.startswith(("aux1.", "AuxLogits.")) for k in reference.state_dict())
+    model = build_model(name, num_classes=6, weights="imagenet")
+    ref = reference.state_dict()
+    own = model.state_dict()
+    assert not any(k.startswith(("aux1.", "aux2.", "AuxLogits.")) for k in own)
+    assert all(torch.equal(v, ref[k]) for k, v in own.items() if not k.startswith("fc."))
+
+
 @pytest.mark.parametrize(
     "name, head_name",
     [
@@ -79,7 +125,10 @@ def _plant(tmp_path, monkeypatch, name):
     """Write a (random) 1000-class state dict where torchvision's cache would keep it."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     torch.manual_seed(123)
-    reference = torchvision.models.get_model(name, weights=None)
+    extra = (
+        {"aux_logits": True, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    )
+    reference = torchvision.models.get_model(name, weights=None, **extra)
     target = weights_cache_file(imagenet_weights(name))
     target.parent.mkdir(parents=True)
     torch.save(reference.state_dict(), target)
