@@ -117,7 +117,8 @@ def test_kaggle_layout_and_its_split(tmp_path):
     assert all(ds.files[i].startswith("valid/") for i in sp.val)
     # default: our own split over all images
     own = make_split(ds)
-    assert own.source == "seeded" and len(own.train) + len(own.val) == 30 and len(own.test) == 0
+    assert own.source == "seeded" and len(own.train) + len(own.val) + len(own.test) == 30
+    assert len(own.test) == 6  # 70/10/20 of 5 images per class: one test image each
 
 
 def test_kaggle_wrapped_in_one_folder_is_detected(tmp_path):

@@ -54,8 +54,9 @@ def test_known_duplicate_pair_in_one_split(loaded):
 def test_default_split_and_statistics(loaded):
     ds = loaded[0]
     sp = make_split(ds)
-    assert (len(sp.train), len(sp.val), len(sp.test)) == (1440, 360, 0)
-    assert np.bincount(ds.labels[sp.val]).tolist() == [60] * 6
+    assert (len(sp.train), len(sp.val), len(sp.test)) == (1260, 180, 360)
+    assert np.bincount(ds.labels[sp.val]).tolist() == [30] * 6
+    assert np.bincount(ds.labels[sp.test]).tolist() == [60] * 6
     assert len(set(sp.mean)) == 1 and len(set(sp.std)) == 1  # gray: one value, repeated
     assert 0.2 < sp.mean[0] < 0.8 and 0.05 < sp.std[0] < 0.4
 
@@ -94,4 +95,4 @@ def test_manifest_identical_across_processes(neu_data, loaded, tmp_path):
     here = save_manifest(make_split(ds), ds, tmp_path / "here.json")
     assert here.read_bytes() == a
     m = json.loads(a)
-    assert m["counts"] == {"train": 1440, "val": 360, "test": 0} and len(m["items"]) == 1800
+    assert m["counts"] == {"train": 1260, "val": 180, "test": 360} and len(m["items"]) == 1800
