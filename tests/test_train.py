@@ -164,7 +164,9 @@ def test_another_precision_in_same_folder_is_refused(finished, data):
 
 def _legacy_hash(recipe: Recipe, dataset: dict) -> str:
     """How neu-bench fingerprinted a recipe before --amp had choices (amp was a bool)."""
+    # The recipe of that version: amp a bool, eval_batch_size hashed, no --folds yet.
     old = {**dataclasses.asdict(recipe), "amp": True}
+    del old["folds"]
     blob = json.dumps([old, dataset["dataset_hash"], dataset["split_hash"]], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
