@@ -35,6 +35,7 @@ from PIL import Image
 
 from neu import NEU_CLASSES, NEU_CODES
 from neu._io import atomic_path
+from neu.download import download_command
 from neu.image import IMAGE_EXTENSIONS, RESIZE_METHOD, load_image
 
 LAYOUTS = ("neu-cls", "folder", "kaggle", "neu-det")
@@ -349,7 +350,8 @@ def scan(root: str | Path, *, layout: str = "auto") -> Scan:
     if not root.exists():
         raise DatasetError(
             f"dataset path {root} does not exist",
-            fix="pass the folder that holds the images (e.g. .../NEU-CLS) or set NEU_DATA",
+            fix=f"download NEU-CLS there with `{download_command(root)}`, or pass the folder "
+            "that holds the images (e.g. .../NEU-CLS) or set NEU_DATA",
         )
     if not root.is_dir():
         raise DatasetError(
@@ -599,11 +601,14 @@ def load_dataset(
     sc = scan(root, layout=layout)
     problems = list(sc.problems)
     if not sc.files:
+        empty = not any(Path(sc.root).iterdir())
         raise DatasetError(
             f"no images found in {sc.root} (layout {sc.layout}; looked for "
             f"{', '.join(sorted(IMAGE_EXTENSIONS))})",
             problems,
-            fix="point at the folder that holds the images, or pick the right --layout",
+            fix=f"the folder is empty: remove it and run `{download_command(sc.root)}`"
+            if empty
+            else "point at the folder that holds the images, or pick the right --layout",
         )
     workers = _workers(len(sc.files))
     paths = [sc.root / f for f in sc.files]
