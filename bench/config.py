@@ -198,6 +198,9 @@ class RunOptions:
     ratios come from the same window; rows report the median over rounds and its spread."""
     strict_providers: bool = False
     """Fail when an ONNX Runtime GPU provider cannot run every node (no silent CPU fallback)."""
+    tensorboard: bool = False
+    """Write per-epoch loss, accuracy, lr and img/s curves per model and seed for TensorBoard
+    under <out>/tensorboard (needs the extra: pip install '.[tensorboard]')."""
 
     def __post_init__(self):
         _check(

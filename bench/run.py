@@ -197,6 +197,10 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
 
     started = time.perf_counter()
     names = resolve_models(opts.models)  # unknown names fail here, before any work
+    if opts.tensorboard:
+        from bench.tblog import summary_writer_class
+
+        summary_writer_class()  # not installed: a clear error now, not after loading data
     seeds = opts.seed_list
     device = pick_device(opts.device)
     configure_torch(opts, device)
@@ -205,6 +209,11 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
     name = opts.name or default_name(recipe, opts, names)
     out = Path(opts.out or Path("runs") / name)
     out.mkdir(parents=True, exist_ok=True)
+    if opts.tensorboard:
+        from bench.tblog import TensorBoardReporter
+
+        reporter = TensorBoardReporter(reporter, out / "tensorboard")
+        reporter.log(f"TensorBoard curves: tensorboard --logdir {out / 'tensorboard'}")
     precision = resolve_precision(device, recipe.amp)
     fingerprint = recipe_fingerprint(recipe, ds, splits, precision.name)
     accepted = {fingerprint} | legacy_fingerprints(recipe, ds, splits, precision.name, device)
