@@ -117,7 +117,10 @@ def _run(args, console) -> int:
         return 130
     print_tables(results, console)
     out = opts.out or f"runs/{results['name']}"
-    console.print(f"results: {out}/results.json, report: {out}/report.md", markup=False)
+    console.print(
+        f"results: {out}/results.json, report: {out}/report.md (with plots: {out}/report.html)",
+        markup=False,
+    )
     return code
 
 

@@ -516,6 +516,13 @@ def markdown(results: dict) -> str:
                 ROW_COLUMNS, [[_cell(r.get(c)) for c in ROW_COLUMNS] for r in results["rows"]]
             ),
         ]
+    plots = results.get("plots") or {}
+    if plots.get("training_curves"):
+        parts += [
+            "### Training curves",
+            f"![training curves: train loss, validation loss and validation accuracy per "
+            f"epoch, one line per model and seed]({plots['training_curves']})",
+        ]
     for name, ev in results.get("evaluation", {}).items():
         classes = results["dataset"]["classes"]
         head = ["true \\ predicted", *classes]
@@ -532,10 +539,17 @@ def markdown(results: dict) -> str:
             ]
             for p in ev["per_class"]
         ]
+        split_name = "test" if ev.get("evaluated_on") == "test" else "validation"
+        parts.append(
+            f"### Confusion matrix and per-class scores: {name} ({split_name} images"
+            f"{', folds pooled' if ', ' in ev['metrics_file'] else ''})"
+        )
+        if name in plots.get("confusion", {}):
+            parts.append(
+                f"![{name}: {split_name} confusion matrix, colour = share of the true class]"
+                f"({plots['confusion'][name]})"
+            )
         parts += [
-            f"### Confusion matrix and per-class scores: {name} "
-            f"({'test' if ev.get('evaluated_on') == 'test' else 'validation'} images"
-            f"{', folds pooled' if ', ' in ev['metrics_file'] else ''})",
             _md_table(head, cm_rows),
             _md_table(["class", "precision", "recall", "F1", "support"], pc_rows),
         ]
@@ -564,6 +578,14 @@ def markdown(results: dict) -> str:
             "the spread is (max - min) / min of the rounds' p50s.",
             _md_table(*speed_table_rows(results)),
         ]
+        if plots.get("latency"):
+            parts += [
+                "### Latency distribution",
+                "Drawn from the samples each speed row keeps (`latency_ms_samples` in "
+                "results.json: every sample, or 1,000 evenly strided through longer runs).",
+                f"![batch-1 latency per runtime: box p25-p75, line p50, whiskers p1-p99]"
+                f"({plots['latency']})",
+            ]
         train_head, train_body = training_table_rows(results)
         if train_body:
             parts += [
@@ -587,6 +609,8 @@ def markdown(results: dict) -> str:
             "when every top-1 agrees and max |Δ logits| is within the tolerance.",
             _md_table(*exports_table_rows(results)),
         ]
+    if plots.get("errors"):
+        parts.append("Plots that could not be drawn: " + "; ".join(plots["errors"]))
     return "\n\n".join(parts) + "\n"
 
 
@@ -633,7 +657,8 @@ def _cell(v) -> str:
 
 def csv_text(rows: list[dict], columns: list[str]) -> str:
     buf = io.StringIO()
-    extra = sorted({k for r in rows for k in r} - set(columns))
+    # Up to 1,000 latency samples per row belong in results.json, not in one CSV cell.
+    extra = sorted({k for r in rows for k in r} - set(columns) - {"latency_ms_samples"})
     w = csv.DictWriter(buf, fieldnames=columns + extra, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
@@ -654,19 +679,28 @@ def comparison_matrix(comparisons: list[dict]) -> tuple[list[str], list[list[str
 
 
 def write_outputs(out: Path, results: dict, *, final: bool = False) -> None:
-    """results.json, results.csv (+ speed.csv) and report.md, each written atomically."""
+    """results.json, results.csv (+ speed.csv), report.md and report.html, each written
+    atomically; on the final write also the plots (bench.plots) that both reports embed."""
     out = Path(out)
     if final and results.get("rows"):
         results["summary"] = summarize_models(results["rows"])
         results["evaluation"], predictions = _evaluations(out, results)
         results["comparisons"] = paired_comparisons(predictions)
         mark_best(results["summary"], results["comparisons"])
+    if final:
+        from bench.plots import write_plots
+
+        results["plots"] = write_plots(out, results)
     atomic_write_json(out / "results.json", results)
     if results.get("rows"):
         atomic_write_text(out / "results.csv", csv_text(results["rows"], ROW_COLUMNS))
     if results.get("speed"):
         atomic_write_text(out / "speed.csv", csv_text(results["speed"], SPEED_COLUMNS))
-    atomic_write_text(out / "report.md", markdown(results))
+    md = markdown(results)
+    atomic_write_text(out / "report.md", md)
+    from bench.html import markdown_to_html
+
+    atomic_write_text(out / "report.html", markdown_to_html(md, base=out))
 
 
 MISCLASSIFIED_SHOWN = 20

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -497,3 +498,23 @@ def test_plot_is_a_valid_png(tmp_path):
     with pytest.raises(ValueError, match="duplicated"):
         speed.plot_accuracy_vs_latency(rows + rows[:1], tmp_path / "dup.png")
     assert not (tmp_path / "dup.png").exists()
+
+
+def test_rows_keep_a_bounded_sample_list_across_rounds_in_timing_order():
+    from bench.speed.driver import SpeedRow, combine_rounds
+    from bench.speed.timing import MAX_KEPT_SAMPLES
+
+    def row(rounds):
+        return combine_rounds(
+            SpeedRow(model="m", batch_size=1, image_size=8, provenance={}), rounds
+        )
+
+    few = row([([0.001, 0.003], None), ([0.002], None)])
+    assert few.latency_ms_samples == [1.0, 3.0, 2.0]  # ms, round 1 then round 2
+    x = np.random.default_rng(1).exponential(0.01, 5 * MAX_KEPT_SAMPLES + 3)
+    kept = row([(x[:2000].tolist(), None), (x[2000:].tolist(), None)]).latency_ms_samples
+    assert len(kept) == MAX_KEPT_SAMPLES
+    assert kept[0] == round(x[0] * 1e3, 4) and kept[-1] == round(x[-1] * 1e3, 4)
+    # Evenly strided through the run: every 5th sample, so the same distribution.
+    assert kept[1] == round(x[5] * 1e3, 4)
+    assert "latency_ms_samples" in few.to_dict()

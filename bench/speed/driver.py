@@ -20,7 +20,13 @@ import torch
 
 from bench.speed.backends import Backend, OnnxRuntime, TorchEager
 from bench.speed.maxbatch import find_max_batch
-from bench.speed.timing import Timing, measure, measure_with_contention, summarize
+from bench.speed.timing import (
+    Timing,
+    kept_samples,
+    measure,
+    measure_with_contention,
+    summarize,
+)
 
 DEFAULT_TIMING = Timing()
 
@@ -55,6 +61,7 @@ class SpeedRow:
     cpu_contention_pct: float | None = None  # the worst round's (see measure_with_contention)
     latency_ms_p50_by_round: list[float] = field(default_factory=list)
     throughput_img_s_by_round: list[float] = field(default_factory=list)
+    latency_ms_samples: list[float] = field(default_factory=list)  # for plots (kept_samples)
     error: str | None = None
 
     def to_dict(self) -> dict:
@@ -85,6 +92,7 @@ def combine_rounds(row: SpeedRow, rounds: Sequence[tuple[list[float], float | No
     row.cpu_contention_pct = max(contention) if contention else None
     row.latency_ms_p50_by_round = p50s
     row.throughput_img_s_by_round = thr
+    row.latency_ms_samples = kept_samples(every)
     return row
 
 

@@ -55,6 +55,18 @@ def summarize(samples_s: Sequence[float]) -> dict:
     }
 
 
+MAX_KEPT_SAMPLES = 1000
+
+
+def kept_samples(samples_s: Sequence[float]) -> list[float]:
+    """The distribution itself, in ms, for report plots: every sample in timing order up to
+    MAX_KEPT_SAMPLES, else that many evenly strided through the run (bounded results.json)."""
+    ms = np.asarray(samples_s, dtype=np.float64) * 1e3
+    if ms.size > MAX_KEPT_SAMPLES:
+        ms = ms[np.linspace(0, ms.size - 1, MAX_KEPT_SAMPLES).round().astype(int)]
+    return [round(float(v), 4) for v in ms]  # 0.1 us resolution
+
+
 def throughput_img_s(samples_s: Sequence[float], batch_size: int) -> float:
     """Images per second over the whole timed run: batch_size * n / total seconds."""
     total = float(np.sum(samples_s))

@@ -1,0 +1,153 @@
+"""Report plots and report.html: what is drawn (inspected on the figure), and that the page
+embeds every picture and needs nothing outside itself."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench import plots
+from bench.html import markdown_to_html
+from tests.conftest import make_neu_flat
+
+MODELS = ("resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5")
+CLASSES = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
+
+
+def _png(path):
+    with Image.open(path) as im:
+        im.load()  # decodes every pixel, not only the header
+        return im.format, im.size
+
+
+def _history(epochs, offset):
+    return [
+        {"epoch": str(e), "train_loss": str(2 - 0.3 * e + offset), "val_loss": str(1.9 - 0.2 * e),
+         "val_accuracy": str(min(1.0, 0.2 * e + offset))}
+        for e in range(1, epochs + 1)
+    ]  # fmt: skip
+
+
+def test_training_curves_have_one_line_per_model_and_seed_in_each_panel(tmp_path):
+    histories = {(m, s): _history(4, 0.1 * s) for m in MODELS for s in (0, 1)}
+    fig = plots.plot_training_curves(histories, tmp_path / "curves.png")
+    assert _png(tmp_path / "curves.png") == ("PNG", (13 * plots.DPI, int(4.4 * plots.DPI)))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["train loss", "validation loss", "validation accuracy (%)"]
+    expected = {f"{m} seed {s}" for m in MODELS for s in (0, 1)}
+    for ax in fig.axes:
+        assert {line.get_label() for line in ax.get_lines()} == expected
+        assert len(ax.get_lines()) == len(expected)
+    # Accuracy is drawn in %; a model keeps its colour across seeds, seeds differ in style.
+    acc = {line.get_label(): line for line in fig.axes[2].get_lines()}
+    assert list(acc["resnet18 seed 1"].get_ydata()) == pytest.approx([30, 50, 70, 90])
+    assert acc["resnet18 seed 0"].get_color() == acc["resnet18 seed 1"].get_color()
+    assert acc["resnet18 seed 0"].get_linestyle() != acc["resnet18 seed 1"].get_linestyle()
+    assert len(fig.legends[0].get_texts()) == len(expected)
+
+
+def test_confusion_heatmap_shows_counts_and_row_shares(tmp_path):
+    cm = np.diag([10, 9, 8, 10, 10, 7]).tolist()
+    cm[1][2], cm[5][0] = 1, 3
+    fig = plots.plot_confusion(cm, CLASSES, tmp_path / "cm.png", title="m seed 0")
+    assert _png(tmp_path / "cm.png")[0] == "PNG"
+    ax = fig.axes[0]
+    shares = ax.images[0].get_array()
+    assert shares.shape == (6, 6)
+    assert shares[5, 0] == pytest.approx(0.3) and shares[0, 0] == pytest.approx(1.0)
+    texts = {(t.get_position(), t.get_text()) for t in ax.texts}
+    assert ((0, 5), "3") in texts and ((2, 1), "1") in texts
+    assert len(ax.texts) == 8  # one per non-zero cell
+    assert [t.get_text() for t in ax.get_xticklabels()] == CLASSES
+
+
+def _speed_row(model, runtime, samples, batch=1, **extra):
+    return {"model": model, "runtime": runtime, "provider": "cpu", "precision": "fp32",
+            "batch_size": batch, "n": len(samples), "latency_ms_samples": samples, **extra}  # fmt: skip
+
+
+def test_latency_distribution_draws_one_box_per_batch1_runtime_from_its_samples(tmp_path):
+    rng = np.random.default_rng(0)
+    a = (5 + rng.exponential(1, 200)).round(4).tolist()
+    b = (2 + rng.exponential(0.3, 300)).round(4).tolist()
+    rows = [
+        _speed_row("resnet18", "torch", a),
+        _speed_row("resnet18", "onnxruntime", b),
+        _speed_row("resnet18", "torch", a, batch=32),  # throughput row: not a latency box
+        {"model": "resnet18", "phase": "train", "train_img_s": 10.0},
+        {"model": "vgg", "runtime": "torch", "error": "OOM"},
+    ]
+    fig = plots.plot_latency_distribution(rows, tmp_path / "lat.png")
+    assert _png(tmp_path / "lat.png")[0] == "PNG"
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["resnet18 · onnxruntime/cpu (n=300)", "resnet18 · torch/cpu (n=200)"]
+    medians = [line for line in ax.get_lines() if line.get_color() == "tab:red"]
+    assert [m.get_xdata()[0] for m in medians] == pytest.approx([np.median(b), np.median(a)])
+    with pytest.raises(ValueError, match="no batch-1 speed rows"):
+        plots.plot_latency_distribution(rows[2:], tmp_path / "none.png")
+
+
+def test_html_renders_the_markdown_subset_and_embeds_images(tmp_path):
+    plots.plot_confusion(np.eye(6, dtype=int).tolist(), CLASSES, tmp_path / "cm.png", title="t")
+    md = "\n\n".join([
+        "# neu-bench run: demo",
+        "> **QUICK PRESET**: a first look",
+        "Data: `data/NEU-CLS` <b>not bold</b> & more",
+        "| model | val acc | note |\n|---|---|---|\n| a\\|b | 96.39% | <script>x</script> |",
+        "![confusion](cm.png)",
+        "![remote](https://example.com/x.png)",
+        "![outside](../cm.png)",
+    ])  # fmt: skip
+    page = markdown_to_html(md, base=tmp_path)
+    assert "<title>neu-bench run: demo</title>" in page
+    assert "<blockquote><strong>QUICK PRESET</strong>: a first look</blockquote>" in page
+    assert "<code>data/NEU-CLS</code> &lt;b&gt;not bold&lt;/b&gt; &amp; more" in page
+    assert "<th>model</th><th>val acc</th><th>note</th>" in page
+    assert '<td>a|b</td><td class="num">96.39%</td><td>&lt;script&gt;x&lt;/script&gt;</td>' in page
+    assert "<script" not in page
+    (uri,) = re.findall(r'<img src="(data:image/png;base64,[^"]+)"', page)
+    assert base64.b64decode(uri.split(",", 1)[1]) == (tmp_path / "cm.png").read_bytes()
+    # Remote and out-of-folder images are neither fetched, embedded nor linked.
+    assert "example.com" not in page.replace("[image not available: https://example.com", "")
+    assert page.count("image not available") == 2
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
+
+
+def test_tiny_run_leaves_plots_embedded_in_report_md_and_html(tmp_path):
+    data = make_neu_flat(tmp_path / "NEU-CLS", per_class=6, size=(40, 40))
+    out = tmp_path / "run"
+    from bench.__main__ import main
+
+    argv = [
+        "run", "--models", "shufflenet_v2_x0_5,mobilenet_v3_small", "--data", str(data),
+        "--out", str(out), "--weights", "none", "--image-size", "32", "--epochs", "2",
+        "--batch-size", "8", "--threads", "1", "--speed-min-seconds", "0",
+        "--speed-min-iters", "3", "--export", "none",  # ONNX export costs minutes here
+    ]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    p = results["plots"]
+    assert p["errors"] == []
+    assert set(p["confusion"]) == {"shufflenet_v2_x0_5 seed 0", "mobilenet_v3_small seed 0"}
+    pngs = [p["training_curves"], p["latency"], *p["confusion"].values()]
+    md = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    embedded = [
+        base64.b64decode(u) for u in re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    ]
+    for name in pngs:
+        assert _png(out / name)[0] == "PNG"
+        assert f"]({name})" in md  # report.md shows it...
+        assert (out / name).read_bytes() in embedded  # ...and report.html carries it inside
+    assert len(embedded) == len(pngs)
+    for blob in embedded:
+        assert Image.open(io.BytesIO(blob)).format == "PNG"
+    assert not re.search(r"https?://", page)  # readable offline: nothing to fetch
+    assert "mobilenet_v3_small seed 0" in page and "<table>" in page
