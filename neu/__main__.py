@@ -78,6 +78,9 @@ def _download(args) -> int:
         err.print(f"error: {e}", style="bold red", markup=False)
         err.print(f"Nothing was written to {args.dest}.", markup=False)
         return 1
+    except KeyboardInterrupt:
+        err.print(f"interrupted: nothing was written to {args.dest}", markup=False)
+        return 130
     print(f"{dest}: {len(expected_hashes()):,} NEU-CLS images, every SHA-256 verified.")
     print(licence_text())
     print(f"Next: python -m neu inspect {dest}   or   python -m bench run --data {dest}")

@@ -229,6 +229,18 @@ def test_a_link_named_like_an_image_is_refused(tiny, served, tmp_path, capsys):
     assert_nothing_left(tmp_path, dest)
 
 
+def test_ctrl_c_mid_download_leaves_nothing(tiny, tmp_path, monkeypatch, capsys):
+    def interrupted(url, target, **kwargs):
+        target.write_bytes(b"PK\x03\x04 half an archive")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(D, "fetch", interrupted)
+    dest = tmp_path / "NEU-CLS"
+    assert main(["download", str(dest), "--url", "http://127.0.0.1:9/x.zip"]) == 130
+    assert "interrupted: nothing was written" in capsys.readouterr().err
+    assert_nothing_left(tmp_path, dest)
+
+
 def test_download_command_quotes_the_path():
     assert D.download_command() == "python -m neu download data/NEU-CLS"
     assert D.download_command("my data/NEU") == "python -m neu download 'my data/NEU'"
