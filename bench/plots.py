@@ -87,7 +87,7 @@ def plot_confusion(cm: list[list[int]], classes: list[str], path: str | Path, *,
 
     counts = np.asarray(cm, dtype=np.int64)
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig = _figure(6.2, 5.4)
+    fig = _figure(5.4, 4.7)
     ax = fig.add_subplot()
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     n = len(classes)
