@@ -68,6 +68,12 @@ def plot_training_curves(histories: dict[tuple[str, int], list[dict]], path: str
                 color=f"C{models.index(model) % 10}",
                 label=f"{model} seed {seed}",
             )
+        values = [v for line in ax.get_lines() for v in line.get_ydata()]
+        if scale == 1.0 and min(values) > 0 and max(values) / min(values) > 10:
+            # One diverging model (VGG from scratch reaches val loss 1e3) would flatten
+            # every other curve on a linear axis.
+            ax.set_yscale("log")
+            title += " (log scale)"
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -50,6 +50,14 @@ def test_training_curves_have_one_line_per_model_and_seed_in_each_panel(tmp_path
     assert acc["resnet18 seed 0"].get_color() == acc["resnet18 seed 1"].get_color()
     assert acc["resnet18 seed 0"].get_linestyle() != acc["resnet18 seed 1"].get_linestyle()
     assert len(fig.legends[0].get_texts()) == len(expected)
+    assert [ax.get_yscale() for ax in fig.axes] == ["linear"] * 3
+
+    # A diverging model must not flatten the others: its loss panel switches to log scale.
+    histories[("vgg16_bn", 0)] = [h | {"val_loss": str(10.0**e)} for e, h in
+                                  enumerate(_history(4, 0), 1)]  # fmt: skip
+    fig = plots.plot_training_curves(histories, tmp_path / "curves.png")
+    assert [ax.get_yscale() for ax in fig.axes] == ["linear", "log", "linear"]
+    assert fig.axes[1].get_title() == "validation loss (log scale)"
 
 
 def test_confusion_heatmap_shows_counts_and_row_shares(tmp_path):
