@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.config import ConfigError
-from bench.ui import NullReporter
 
 # history.csv field -> TensorBoard tag. Grouped by prefix so TensorBoard draws one chart per
 # quantity with every model/seed overlaid.
@@ -44,14 +43,21 @@ def summary_writer_class():
     return SummaryWriter
 
 
-class TensorBoardReporter(NullReporter):
-    """Forwards every call to `inner` and writes each finished epoch's scalars."""
+class TensorBoardReporter:
+    """Forwards every reporter call to `inner` and writes each finished epoch's scalars.
+
+    Methods it does not define (log, warn, batch, any added later) go straight to `inner`
+    through __getattr__, so a new reporter call can never be swallowed here.
+    """
 
     def __init__(self, inner, logdir: str | Path):
         self._writer_cls = summary_writer_class()
         self.inner = inner
         self.logdir = Path(logdir)
         self._writer = None
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
     # `run` sets reporter.estimate after wrapping; it belongs to the terminal reporter.
     @property
@@ -62,22 +68,10 @@ class TensorBoardReporter(NullReporter):
     def estimate(self, value):
         self.inner.estimate = value
 
-    def log(self, message):
-        self.inner.log(message)
-
-    def warn(self, message):
-        self.inner.warn(message)
-
-    def start_sweep(self, total_jobs):
-        self.inner.start_sweep(total_jobs)
-
     def start_model(self, name, seed, *, epochs, batches, done_epochs=0):
         self._close_writer()
         self._writer = self._writer_cls(log_dir=str(self.logdir / name / f"seed{seed}"))
         self.inner.start_model(name, seed, epochs=epochs, batches=batches, done_epochs=done_epochs)
-
-    def batch(self, i, *, elapsed):
-        self.inner.batch(i, elapsed=elapsed)
 
     def epoch_end(self, record):
         if self._writer is not None:

@@ -37,7 +37,7 @@ def test_reporter_writes_one_run_per_model_and_seed_and_forwards_everything(tmp_
             self.calls = []
 
         def __getattribute__(self, name):
-            if name in ("start_model", "epoch_end", "end_model", "log", "close"):
+            if name in ("start_model", "epoch_end", "end_model", "batch", "close"):
                 object.__getattribute__(self, "calls").append(name)
             return object.__getattribute__(self, name)
 
@@ -49,11 +49,13 @@ def test_reporter_writes_one_run_per_model_and_seed_and_forwards_everything(tmp_
         for seed in (0, 1):
             tb.start_model(model, seed, epochs=3, batches=1)
             for epoch in (1, 2, 3):
+                tb.batch(1, elapsed=0.1)  # not defined by the wrapper: forwarded as is
                 record = {f: 0.5 + epoch + seed for f in TAGS} | {"epoch": epoch}
                 tb.epoch_end(record)
             tb.end_model({"model": model, "seed": seed})
     tb.close()
-    assert inner.calls.count("epoch_end") == 12 and inner.calls[-1] == "close"
+    assert inner.calls.count("epoch_end") == 12 and inner.calls.count("batch") == 12
+    assert inner.calls[-1] == "close"
     for model in ("a", "b"):
         for seed in (0, 1):
             got = _scalars(tmp_path / "tb" / model / f"seed{seed}")
