@@ -1,6 +1,6 @@
 """`python -m neu {inspect,download}`: check a dataset folder, or fetch NEU-CLS.
 
-Only parses arguments and dispatches; the work is in neu.dataset.inspect_dataset and
+Only parses arguments and dispatches; the work is in neu.inspect.inspect_dataset and
 neu.download.download.
 """
 

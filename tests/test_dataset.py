@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import neu.dataset as nd
+import neu.cache
 from neu import NEU_CLASSES, NEU_CODES
 from neu.dataset import DatasetError, load_dataset, scan
 from neu.image import load_image
@@ -349,7 +349,7 @@ def test_second_load_comes_from_cache(tiny_neu, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("decoded although cached")
 
-    monkeypatch.setattr(nd, "load_image", boom)
+    monkeypatch.setattr(neu.cache, "load_image", boom)
     second = load(tiny_neu, cache_dir=cache)
     assert second.from_cache
     assert np.array_equal(first.images.numpy(), second.images.numpy())
@@ -380,7 +380,7 @@ def test_cache_remembers_corrupt_files(tiny_neu, tmp_path, monkeypatch):
     cache = tmp_path / "c"
     with pytest.raises(DatasetError):
         load(tiny_neu, cache_dir=cache)
-    monkeypatch.setattr(nd, "load_image", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(neu.cache, "load_image", lambda *a, **k: 1 / 0)
     with pytest.raises(DatasetError) as e:
         load(tiny_neu, cache_dir=cache)
     assert [p.file for p in e.value.problems] == ["Cr_99.bmp"]
@@ -391,6 +391,6 @@ def test_cache_remembers_corrupt_files(tiny_neu, tmp_path, monkeypatch):
 def test_thread_pool_gives_the_same_result(tiny_neu, monkeypatch):
     one = load(tiny_neu, cache_dir=False)
     monkeypatch.setenv("NEU_DECODE_THREADS", "3")
-    assert nd._workers(100) == 3
+    assert neu.cache._workers(100) == 3
     many = load(tiny_neu, cache_dir=False)
     assert torch.equal(one.images, many.images) and one.file_hashes == many.file_hashes
