@@ -1,14 +1,20 @@
 """Hash every file, decode every image once, and keep the decoded pixels on disk.
 
-The cache is keyed by the files' content hashes (plus image size, channels, resize method),
-so renaming or touching a file does not invalidate it and changing one byte does.
-Decoding uses neu.image.load_image, the same function the deployed runtime uses.
+The cache is one uint8 .npy array (N, C, S, S) per dataset x image size plus a JSON sidecar
+(per-file size, mode, pixel hash, errors), keyed by the files' content hashes (plus image
+size, channels, resize method): renaming or touching a file does not invalidate it, changing
+one byte does. Decoding writes straight into a memory map of a temporary file, a chunk of
+images at a time, then renames it: a dataset larger than RAM is decoded without ever being
+held whole in memory. Loading maps the file (copy-on-write, so torch can wrap it) and reads
+pages only when a batch touches them. Decoding uses neu.image.load_image, the same function
+the deployed runtime uses.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -17,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from neu._io import atomic_path
+from neu._io import atomic_path, atomic_write_json
 from neu.image import RESIZE_METHOD, load_image
 
 # Bump when the cached arrays or their metadata change meaning: old cache files then miss.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: .npy memory map + JSON sidecar (1: one .npz)
 
 # Pillow modes that can only hold gray pixels (P and RGB are checked pixel by pixel).
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
@@ -74,15 +80,17 @@ def _is_gray(path: Path) -> tuple[bool, tuple[int, int], str]:
     return gray, size, mode
 
 
-def _decode(path: Path, image_size: int, channels: int | None):
-    """-> (pixels (C,S,S) uint8, (w, h), mode) or an error message."""
+def _probe(path: Path):
+    """-> (gray?, (w, h), mode) or an error message. Header only for gray modes."""
     try:
-        gray, size, mode = _is_gray(path)
-        c = channels or (1 if gray else 3)
-        return load_image(path, size=image_size, channels=c), size, mode
+        return _is_gray(path)
     except Exception as e:  # any decoder failure is a per-file problem
-        msg = str(e).strip() or type(e).__name__
-        return f"cannot be decoded as an image ({type(e).__name__}: {msg})"
+        return _decode_error(e)
+
+
+def _decode_error(e: Exception) -> str:
+    msg = str(e).strip() or type(e).__name__
+    return f"cannot be decoded as an image ({type(e).__name__}: {msg})"
 
 
 def default_cache_dir() -> Path:
@@ -100,44 +108,147 @@ def _cache_key(file_hashes: list[str], image_size: int, channels: int | None) ->
     return h.hexdigest()
 
 
-def _cache_read(path: Path, n_files: int):
+def cache_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
+    """(pixels .npy, metadata .json) of the cache entry for `key`."""
+    stem = Path(cache_dir).expanduser() / f"neu-{key[:40]}"
+    return stem.with_suffix(".npy"), stem.with_suffix(".json")
+
+
+def map_npy(path: Path) -> tuple[np.ndarray, mmap.mmap]:
+    """Memory-map a uint8 .npy file copy-on-write: nothing is read until a page is touched,
+    writes (there are none) would stay private. Returns the array and its mmap, whose
+    madvise lets a reader drop pages it has finished with."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+        if dtype != np.uint8 or fortran:
+            raise ValueError(f"{path} holds {dtype} (fortran={fortran}), not C-ordered uint8")
+        n = int(np.prod(shape))
+        if os.fstat(f.fileno()).st_size < offset + n:
+            raise ValueError(f"{path} is truncated")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    return np.frombuffer(mm, dtype=np.uint8, count=n, offset=offset).reshape(shape), mm
+
+
+def _cache_read(npy: Path, meta_path: Path, key: str, n_files: int):
+    """(images memory map, meta, mmap) if the entry exists and matches these files, else None."""
+    if not (npy.exists() and meta_path.exists()):
+        return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(bytes(z["meta"]).decode())
-            images = z["images"]
-        if meta.get("version") != CACHE_VERSION or len(meta["results"]) != n_files:
+        meta = json.loads(meta_path.read_text())
+        if (
+            meta.get("version") != CACHE_VERSION
+            or meta.get("key") != key
+            or len(meta["results"]) != n_files
+        ):
             return None
-        return images, meta
+        images, mm = map_npy(npy)
+        if list(images.shape) != meta["shape"]:
+            return None
+        return images, meta, mm
     except Exception as e:  # a broken cache is just a miss
-        warnings.warn(f"ignoring unreadable decode cache {path}: {e}", stacklevel=3)
+        warnings.warn(f"ignoring unreadable decode cache {npy}: {e}", stacklevel=3)
         return None
 
 
-def _cache_write(path: Path, images: np.ndarray, meta: dict) -> None:
+def decode_all(
+    paths: list[Path],
+    image_size: int,
+    channels: int | None,
+    workers: int,
+    *,
+    key: str,
+    cache: tuple[Path, Path] | None,
+    chunk: int = 256,
+):
+    """Decode every path once into (images (M,C,S,S) for the good ones, per-file meta, mmap).
+
+    With `cache`, the pixels are appended to a temporary .npy `chunk` images at a time (plain
+    writes: unlike a writable map, written pages never count as this process's memory), the
+    file is renamed into place when complete, then the sidecar is written, and the result is
+    the memory map of that file: peak memory is one chunk, whatever the dataset's size.
+    Without `cache`, they go into an array in RAM.
+    """
+    # Pass 1: gray or colour, size and mode per file (headers only for gray images), so the
+    # channel count and the number of rows are known before anything is written.
+    probes = _chunked_map(_probe, paths, workers)
+    good = [i for i, p in enumerate(probes) if not isinstance(p, str)]
+    c = channels or (3 if any(not probes[i][0] for i in good) else 1)
+    shape = (len(good), c, image_size, image_size)
+    results: list[dict] = [{"error": p} if isinstance(p, str) else {} for p in probes]
+
+    def decode(i: int):
+        try:
+            c_i = channels or (1 if probes[i][0] else 3)
+            return load_image(paths[i], size=image_size, channels=c_i)
+        except Exception as e:
+            return _decode_error(e)
+
+    def fill(sink) -> int:
+        """Decode chunk by chunk, handing each chunk's rows to sink; -> rows written."""
+        rows = 0
+        buf = np.empty((min(chunk, len(good)), *shape[1:]), dtype=np.uint8)
+        for start in range(0, len(good), chunk):
+            part = good[start : start + chunk]
+            k = 0
+            for i, px in zip(part, _chunked_map(decode, part, workers), strict=True):
+                if isinstance(px, str):  # the header was fine, the pixels are not
+                    results[i] = {"error": px}
+                    continue
+                # Gray decoded to 1 channel, repeated: identical to load_image(channels=3) for
+                # gray pixels (Pillow's L->RGB copies the value, bilinear resize per channel).
+                buf[k] = px if px.shape[0] == c else np.repeat(px, c, axis=0)
+                _, (w, h), mode = probes[i]
+                results[i] = {"size": f"{w}x{h}", "mode": mode, "pixel_hash": pixel_hash(buf[k])}
+                k += 1
+            sink(buf[:k], rows)
+            rows += k
+        return rows
+
+    meta = {"version": CACHE_VERSION, "key": key, "channels": c, "results": results}
+    if cache is None:
+        images = np.empty(shape, dtype=np.uint8)
+        rows = fill(lambda part, at: images[at : at + len(part)].__setitem__(slice(None), part))
+        meta["shape"] = [rows, *shape[1:]]
+        return images[:rows], meta, None
+    npy, meta_path = cache
     try:
-        blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, images=images, meta=blob)
+        with atomic_path(npy) as tmp:
+            with open(tmp, "wb") as f:
+                _write_npy_header(f, shape)
+                rows = fill(lambda part, at: f.write(part.tobytes()))
+            if rows < len(good):  # some files failed only in pass 2: fix the row count
+                _shrink(tmp, rows)
+        meta["shape"] = [rows, *shape[1:]]
+        atomic_write_json(meta_path, meta)
     except OSError as e:
-        warnings.warn(f"could not write decode cache {path}: {e}", stacklevel=3)
+        warnings.warn(f"could not write decode cache {npy}: {e}; decoding into RAM", stacklevel=3)
+        return decode_all(paths, image_size, channels, workers, key=key, cache=None, chunk=chunk)
+    images, mm = map_npy(npy)
+    return images, meta, mm
 
 
-def _decode_all(paths: list[Path], image_size: int, channels: int | None, workers: int):
-    """Decode every path once. -> (images (M,C,S,S) for the good ones, per-file meta)."""
-    out = _chunked_map(lambda p: _decode(p, image_size, channels), paths, workers)
-    good = [r for r in out if not isinstance(r, str)]
-    c = channels or (3 if any(r[0].shape[0] == 3 for r in good) else 1)
-    images = np.empty((len(good), c, image_size, image_size), dtype=np.uint8)
-    results = []
-    k = 0
-    for r in out:
-        if isinstance(r, str):
-            results.append({"error": r})
-            continue
-        px, (w, h), mode = r
-        # Gray decoded to 1 channel, repeated: identical to load_image(channels=3) for gray
-        # pixels (Pillow's L->RGB copies the value, bilinear resize works per channel).
-        images[k] = px if px.shape[0] == c else np.repeat(px, c, axis=0)
-        results.append({"size": f"{w}x{h}", "mode": mode, "pixel_hash": pixel_hash(images[k])})
-        k += 1
-    return images, {"version": CACHE_VERSION, "channels": c, "results": results}
+def _write_npy_header(f, shape: tuple[int, ...]) -> None:
+    header = {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)}
+    np.lib.format.write_array_header_1_0(f, header)
+
+
+def _shrink(path: Path, rows: int, chunk_bytes: int = 1 << 24) -> None:
+    """Rewrite the .npy at `path` holding only its first `rows` rows, a few MB at a time."""
+    smaller = path.with_name(path.name + ".rows")
+    with open(path, "rb") as src, open(smaller, "wb") as dst:
+        np.lib.format.read_magic(src)
+        shape, _, _ = np.lib.format.read_array_header_1_0(src)
+        _write_npy_header(dst, (rows, *shape[1:]))
+        left = rows * int(np.prod(shape[1:]))
+        while left:
+            block = src.read(min(chunk_bytes, left))
+            dst.write(block)
+            left -= len(block)
+    os.replace(smaller, path)

@@ -30,11 +30,11 @@ from neu.cache import (
     CACHE_VERSION,
     _cache_key,
     _cache_read,
-    _cache_write,
     _chunked_map,
-    _decode_all,
     _hash_file,
     _workers,
+    cache_paths,
+    decode_all,
     default_cache_dir,
     pixel_hash,
 )
@@ -80,7 +80,7 @@ class Dataset:
     classes: list[str]
     files: list[str]
     labels: np.ndarray  # int64 (N,)
-    images: torch.Tensor  # uint8 (N, C, S, S)
+    images: torch.Tensor  # uint8 (N, C, S, S); over the cache's memory map when cached
     channels: int
     image_size: int
     pixel_hashes: list[str]  # sha256 of the stored pixels (bytes + shape)
@@ -96,6 +96,21 @@ class Dataset:
     cache_file: Path | None = None
     from_cache: bool = False
     timings_s: dict[str, float] = field(default_factory=dict)
+    # The mmap under `images` (None when they are in RAM): readers call
+    # release_pages() after a pass so the pages they touched leave their resident memory.
+    image_map: object | None = field(default=None, repr=False)
+
+    @property
+    def images_nbytes(self) -> int:
+        return self.images.numel() * self.images.element_size()
+
+    def release_pages(self) -> None:
+        """Drop this process's resident copy of the mapped pages read so far (they stay in the
+        OS page cache, which the kernel reclaims under pressure). No-op for images in RAM."""
+        import mmap
+
+        if self.image_map is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self.image_map.madvise(mmap.MADV_DONTNEED)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -148,16 +163,16 @@ def load_dataset(
     # 2. Decode, or read the decoded tensor from the cache.
     file_hashes = [hashes[i] for i in readable]
     key = _cache_key(file_hashes, image_size, channels)
-    cache_file = None
+    cache = None
     if cache_dir is not False:
-        cache_file = Path(cache_dir or default_cache_dir()).expanduser() / f"neu-{key[:40]}.npz"
-    hit = _cache_read(cache_file, len(readable)) if cache_file and cache_file.exists() else None
+        cache = cache_paths(Path(cache_dir or default_cache_dir()), key)
+    hit = _cache_read(*cache, key, len(readable)) if cache else None
     if hit is None:
-        images, meta = _decode_all([paths[i] for i in readable], image_size, channels, workers)
-        if cache_file is not None:
-            _cache_write(cache_file, images, meta)
+        images, meta, image_map = decode_all(
+            [paths[i] for i in readable], image_size, channels, workers, key=key, cache=cache
+        )
     else:
-        images, meta = hit
+        images, meta, image_map = hit
     t_decode = time.perf_counter()
 
     # 3. Per-file results -> problems; pixel duplicates; label conflicts among duplicates.
@@ -200,7 +215,9 @@ def load_dataset(
 
     rows = np.array([k[1] for k in keep], dtype=np.int64)
     if len(rows) != len(images) or not np.array_equal(rows, np.arange(len(images))):
-        images = images[rows]
+        # Only when files were excluded after decoding (conflicting duplicate labels with
+        # exclude_bad): the kept rows are copied into memory.
+        images, image_map = images[rows], None
     idx = [k[0] for k in keep]
     files = [sc.files[i] for i in idx]
     labels = np.array([sc.labels[i] for i in idx], dtype=np.int64)
@@ -231,7 +248,7 @@ def load_dataset(
         classes=classes,
         files=files,
         labels=labels,
-        images=torch.from_numpy(np.ascontiguousarray(images)),
+        images=torch.from_numpy(images),
         channels=int(meta["channels"]),
         image_size=image_size,
         pixel_hashes=ph,
@@ -243,8 +260,9 @@ def load_dataset(
         dataset_hash=dataset_hash,
         original_sizes=dict(Counter(k[2]["size"] for k in keep).most_common()),
         modes=dict(Counter(k[2]["mode"] for k in keep).most_common()),
-        cache_file=cache_file,
+        cache_file=cache[0] if cache else None,
         from_cache=hit is not None,
+        image_map=image_map,
         timings_s={
             "hash_s": t_hash - t0,
             "decode_s" if hit is None else "cache_load_s": t_decode - t_hash,

@@ -107,15 +107,26 @@ def split_hash_of(files: list[str], assignment: list[str]) -> str:
     return hashlib.sha256(json.dumps(pairs, separators=(",", ":")).encode()).hexdigest()
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(
+    images: torch.Tensor, index: torch.Tensor | None = None, chunk: int = 1024
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Exact per-channel mean/std (population) in 0..1 units from a 256-bin histogram, repeated
-    to 3 values for gray. Integer counts: no float summation order, so every machine agrees."""
-    if images.shape[0] == 0:
+    to 3 values for gray. Integer counts: no float summation order, so every machine agrees.
+
+    `index` picks the rows (all by default); they are read `chunk` at a time, so images on a
+    memory map larger than RAM are counted without being loaded whole."""
+    index = torch.arange(images.shape[0]) if index is None else index
+    if len(index) == 0:
         raise ValueError("no training images to compute mean/std from")
     values = torch.arange(256, dtype=torch.float64) / 255.0
+    hist = torch.zeros((images.shape[1], 256), dtype=torch.int64)
+    for start in range(0, len(index), chunk):
+        part = images.index_select(0, index[start : start + chunk])
+        for c in range(images.shape[1]):
+            hist[c] += torch.bincount(part[:, c].reshape(-1), minlength=256)
     means, stds = [], []
     for c in range(images.shape[1]):
-        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
+        counts = hist[c].to(torch.float64)
         n = counts.sum()
         m = (counts * values).sum() / n
         var = (counts * (values - m) ** 2).sum() / n
@@ -130,7 +141,9 @@ def _finish(
     ds, seed, val_fraction, test_fraction, limit, source, parts, notes=(), folds=1, fold=None
 ) -> Split:
     train, val, test = (np.array(sorted(parts[s]), dtype=np.int64) for s in SPLITS)
-    mean, std = channel_stats(ds.images[torch.from_numpy(train)])
+    mean, std = channel_stats(ds.images, torch.from_numpy(train))
+    if hasattr(ds, "release_pages"):
+        ds.release_pages()
     split = Split(
         seed=seed,
         val_fraction=val_fraction,

@@ -368,11 +368,14 @@ def test_cache_env_var_and_disable(tiny_neu, tmp_path, monkeypatch):
     assert ds.cache_file.parent == tmp_path / "envcache" and ds.cache_file.exists()
     off = load(tiny_neu, cache_dir=False)
     assert off.cache_file is None and not off.from_cache
-    # a corrupt cache file is a miss, not a crash
-    ds.cache_file.write_bytes(b"garbage")
+    # a corrupt cache file is a miss, not a crash. `ds` maps that very file: overwriting it in
+    # place truncates its pages (neu-bench itself only ever replaces cache files by rename).
+    del ds
+    cache_file = tmp_path / "envcache" / load(tiny_neu).cache_file.name
+    cache_file.write_bytes(b"garbage")
     with pytest.warns(UserWarning, match="unreadable decode cache"):
         again = load(tiny_neu)
-    assert not again.from_cache and np.array_equal(again.images.numpy(), ds.images.numpy())
+    assert not again.from_cache and np.array_equal(again.images.numpy(), off.images.numpy())
 
 
 def test_cache_remembers_corrupt_files(tiny_neu, tmp_path, monkeypatch):
@@ -394,3 +397,31 @@ def test_thread_pool_gives_the_same_result(tiny_neu, monkeypatch):
     assert neu.cache._workers(100) == 3
     many = load(tiny_neu, cache_dir=False)
     assert torch.equal(one.images, many.images) and one.file_hashes == many.file_hashes
+
+
+def test_decode_cache_is_a_memory_map_equal_to_decoding_in_ram(tiny_neu, tmp_path):
+    # A truncated PNG passes the header probe and fails only when its pixels are decoded:
+    # the .npy written for the header count must be rewritten with one row fewer.
+    bad = _truncated(tiny_neu)
+    ram = load(tiny_neu, cache_dir=False, exclude_bad=True)
+    mapped = load(tiny_neu, cache_dir=tmp_path / "c", exclude_bad=True)
+    assert ram.image_map is None and mapped.image_map is not None
+    assert mapped.cache_file.suffix == ".npy" and mapped.cache_file.with_suffix(".json").exists()
+    assert np.load(mapped.cache_file, mmap_mode="r").shape == (36, 1, S, S)
+    assert torch.equal(ram.images, mapped.images) and ram.pixel_hashes == mapped.pixel_hashes
+    assert [p.file for p in mapped.excluded] == [bad]
+    again = load(tiny_neu, cache_dir=tmp_path / "c", exclude_bad=True)
+    assert again.from_cache and torch.equal(again.images, ram.images)
+    assert mapped.images_nbytes == 36 * S * S
+
+
+def test_decoding_in_chunks_gives_the_same_pixels(tiny_neu, tmp_path):
+    import neu.cache as nc
+
+    paths = sorted(tiny_neu.glob("*.bmp"))
+    whole, meta1, _ = nc.decode_all(paths, S, None, 1, key="k", cache=None)
+    parts, meta2, mm = nc.decode_all(
+        paths, S, None, 1, key="k", cache=nc.cache_paths(tmp_path, "k" * 40), chunk=5
+    )
+    assert mm is not None and np.array_equal(whole, parts)
+    assert meta1["results"] == meta2["results"]
