@@ -201,6 +201,12 @@ class RunOptions:
     tensorboard: bool = False
     """Write per-epoch loss, accuracy, lr and img/s curves per model and seed for TensorBoard
     under <out>/tensorboard (needs the extra: pip install '.[tensorboard]')."""
+    data_placement: str = "auto"
+    """Where the images live while training: auto (on the GPU when they take <= 25% of its
+    free memory, in RAM when <= 50% of the available RAM, else read from the decode cache's
+    memory map) | device | host | mmap."""
+    memory_budget_mb: float | None = None
+    """RAM (MB) that --data-placement auto may count on (default: the system's MemAvailable)."""
 
     def __post_init__(self):
         _check(
@@ -226,6 +232,18 @@ class RunOptions:
             self.speed_min_seconds >= 0, "speed_min_seconds", "must be >= 0", self.speed_min_seconds
         )
         _check(self.speed_min_iters >= 1, "speed_min_iters", "must be >= 1", self.speed_min_iters)
+        _check(
+            self.data_placement in ("auto", "device", "host", "mmap"),
+            "data_placement",
+            "must be auto, device, host or mmap",
+            self.data_placement,
+        )
+        _check(
+            self.memory_budget_mb is None or self.memory_budget_mb > 0,
+            "memory_budget_mb",
+            "must be > 0",
+            self.memory_budget_mb,
+        )
 
     @property
     def seed_list(self) -> list[int]:

@@ -291,10 +291,15 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
             speed_min_seconds=opts.speed_min_seconds,
             speed_min_iters=opts.speed_min_iters,
             compile=opts.compile,
+            data_placement=opts.data_placement,
+            memory_budget_mb=opts.memory_budget_mb,
         )
         for split in splits
     }
     ctx = contexts[splits[0].fold]
+    # Every fold holds the same images, so every fold's Context places them alike.
+    reporter.log(f"data placement: {ctx.placement} ({ctx.placement_reason})")
+    results["data_placement"] = ctx.placement_record()
     # One run per model x seed x fold.
     reporter.estimate = _estimator(model_info, names, len(seeds) * len(splits), results["sweep"])
     reporter.start_sweep(len(names) * len(seeds) * len(splits))

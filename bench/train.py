@@ -23,6 +23,7 @@ from torch import nn
 from bench import metrics as M
 from bench.amp import resolve_precision
 from bench.config import Recipe
+from bench.data import Gather, Prefetcher, decide_placement, place_images
 from bench.registry import build_model, head_parameter_names
 from neu._io import atomic_path, atomic_write_json, atomic_write_text
 from neu.augment import eval_batch, train_batch
@@ -46,7 +47,8 @@ HISTORY_FIELDS = [
 
 @dataclass
 class Context:
-    """Everything shared by all models of a run: data on the device, split, recipe."""
+    """Everything shared by all models of a run: the images where they fit (bench.data),
+    split, recipe."""
 
     dataset: object  # neu.dataset.Dataset
     split: object  # neu.split.Split
@@ -56,13 +58,27 @@ class Context:
     speed_min_seconds: float = 1.0
     speed_min_iters: int = 20
     compile: bool = False
+    data_placement: str = "auto"
+    memory_budget_mb: float | None = None
 
     def __post_init__(self):
-        self.images = self.dataset.images.to(self.device)
-        self.labels = torch.as_tensor(np.asarray(self.dataset.labels), device=self.device)
-        self.train_idx = torch.as_tensor(np.asarray(self.split.train), device=self.device)
-        self.val_idx = torch.as_tensor(np.asarray(self.split.val), device=self.device)
-        self.test_idx = torch.as_tensor(np.asarray(self.split.test), device=self.device)
+        nbytes = self.dataset.images.numel() * self.dataset.images.element_size()
+        self.placement, self.placement_reason = decide_placement(
+            nbytes, self.device, self.data_placement, self.memory_budget_mb
+        )
+        if self.placement == "mmap" and getattr(self.dataset, "image_map", None) is None:
+            self.placement_reason += " (no cache file: the images are in RAM already)"
+        self.images = place_images(self.dataset, self.placement, self.device)
+        # Indices and labels live beside the images: on the device, or on the CPU where
+        # batches are gathered before they are sent over.
+        on_device = self.placement == "device"
+        self.index_device = self.device if on_device else torch.device("cpu")
+        self.gather = Gather(self.dataset, self.images, self.device, on_device)
+        ix = self.index_device
+        self.labels = torch.as_tensor(np.asarray(self.dataset.labels), device=ix)
+        self.train_idx = torch.as_tensor(np.asarray(self.split.train), device=ix)
+        self.val_idx = torch.as_tensor(np.asarray(self.split.val), device=ix)
+        self.test_idx = torch.as_tensor(np.asarray(self.split.test), device=ix)
         self.classes = list(self.dataset.classes)
         # On the device once: a Python list would be copied from pageable memory every batch,
         # which synchronises the CUDA stream.
@@ -83,10 +99,30 @@ class Context:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def placement_record(self) -> dict:
+        return {
+            "placement": self.placement,
+            "reason": self.placement_reason,
+            "images_mb": self.dataset.images.numel() / 2**20,
+        }
+
+    def batches(self, idx: torch.Tensor, batch_size: int, n_batches: int | None = None):
+        """(uint8 images on the device, labels on the device) per batch of `idx`, prefetched
+        one batch ahead unless the images are on the device already."""
+        n = n_batches if n_batches is not None else -(-len(idx) // batch_size)
+        parts = [idx[b * batch_size : (b + 1) * batch_size] for b in range(n)]
+        labels = iter(parts)
+        for raw in Prefetcher(self.gather, parts, background=self.placement != "device"):
+            y = self.labels.index_select(0, next(labels)).to(self.device, non_blocking=True)
+            yield raw, y
+
     def train_inputs(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.augment(self.gather(idx), generator)
+
+    def augment(self, raw: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         r = self.recipe
         return train_batch(
-            self.images.index_select(0, idx),
+            raw,
             image_size=r.image_size,
             mean=self.mean,
             std=self.std,
@@ -97,9 +133,12 @@ class Context:
         )
 
     def eval_inputs(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.eval_transform(self.gather(idx))
+
+    def eval_transform(self, raw: torch.Tensor) -> torch.Tensor:
         r = self.recipe
         x = eval_batch(
-            self.images.index_select(0, idx),
+            raw,
             image_size=r.image_size,
             mean=self.mean,
             std=self.std,
@@ -182,11 +221,10 @@ def evaluate(model: nn.Module, ctx: Context, idx: torch.Tensor) -> tuple[float, 
     """(mean cross-entropy, logits as float32 numpy (N, classes)) on the given images."""
     model.eval()
     losses, outputs = [], []
-    for start in range(0, len(idx), ctx.recipe.eval_batch_size):
-        b = idx[start : start + ctx.recipe.eval_batch_size]
+    for raw, y in ctx.batches(idx, ctx.recipe.eval_batch_size):
         with ctx.autocast():
-            logits = model(ctx.eval_inputs(b)).float()
-        losses.append(nn.functional.cross_entropy(logits, ctx.labels[b], reduction="sum"))
+            logits = model(ctx.eval_transform(raw)).float()
+        losses.append(nn.functional.cross_entropy(logits, y, reduction="sum"))
         # Logits stay on the device: one copy to the host at the end, not a sync per batch.
         outputs.append(logits)
     n = max(len(idx), 1)
@@ -354,23 +392,24 @@ def train_one(
         epoch_seed = _derive_seed(seed, "epoch", epoch)
         torch.manual_seed(epoch_seed)  # dropout (VGG) and anything else on the global RNG
         gen = torch.Generator().manual_seed(epoch_seed)
-        order = ctx.train_idx[torch.randperm(n_train, generator=gen).to(ctx.device)]
+        order = ctx.train_idx[torch.randperm(n_train, generator=gen).to(ctx.index_device)]
         net.train()
         ctx.sync()
         t0 = time.perf_counter()
         loss_sum, seen = torch.zeros((), device=ctx.device), 0
         clock = StepClock(ctx.device)
+        loader = iter(ctx.batches(order, r.batch_size, n_batches))
         for b in range(n_batches):
             start = clock.mark()
-            idx = order[b * r.batch_size : (b + 1) * r.batch_size]
-            x = ctx.train_inputs(idx, gen)
-            y = ctx.labels.index_select(0, idx)
+            raw, y = next(loader)  # waits only if the prefetched batch is not ready yet
+            x = ctx.augment(raw, gen)
             middle = clock.mark()
             loss = train_step(net, opt, scaler, loss_fn, x, y, ctx.autocast)
             clock.step(start, middle, clock.mark())
-            loss_sum += loss * len(idx)
-            seen += len(idx)
+            loss_sum += loss * len(y)
+            seen += len(y)
             reporter.batch(b + 1, elapsed=time.perf_counter() - t0)
+        loader.close()  # stops the prefetch thread now, not at garbage collection
         ctx.sync()
         train_seconds = time.perf_counter() - t0
         data_s, compute_s = clock.totals()

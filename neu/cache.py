@@ -165,7 +165,7 @@ def decode_all(
     *,
     key: str,
     cache: tuple[Path, Path] | None,
-    chunk: int = 256,
+    chunk: int | None = None,
 ):
     """Decode every path once into (images (M,C,S,S) for the good ones, per-file meta, mmap).
 
@@ -182,6 +182,8 @@ def decode_all(
     c = channels or (3 if any(not probes[i][0] for i in good) else 1)
     shape = (len(good), c, image_size, image_size)
     results: list[dict] = [{"error": p} if isinstance(p, str) else {} for p in probes]
+    # ~2 MB of decoded pixels per chunk: memory stays flat whatever the image size.
+    chunk = chunk or max(1, min(256, (2 << 20) // (c * image_size * image_size)))
 
     def decode(i: int):
         try:

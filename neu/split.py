@@ -108,22 +108,29 @@ def split_hash_of(files: list[str], assignment: list[str]) -> str:
 
 
 def channel_stats(
-    images: torch.Tensor, index: torch.Tensor | None = None, chunk: int = 1024
+    images: torch.Tensor,
+    index: torch.Tensor | None = None,
+    chunk_bytes: int = 2 << 20,
+    after_chunk=None,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Exact per-channel mean/std (population) in 0..1 units from a 256-bin histogram, repeated
     to 3 values for gray. Integer counts: no float summation order, so every machine agrees.
 
-    `index` picks the rows (all by default); they are read `chunk` at a time, so images on a
-    memory map larger than RAM are counted without being loaded whole."""
+    `index` picks the rows (all by default); they are read ~chunk_bytes at a time, so images
+    on a memory map larger than RAM are counted without being loaded whole; `after_chunk()`
+    (Dataset.release_pages) then drops the pages read."""
     index = torch.arange(images.shape[0]) if index is None else index
     if len(index) == 0:
         raise ValueError("no training images to compute mean/std from")
     values = torch.arange(256, dtype=torch.float64) / 255.0
     hist = torch.zeros((images.shape[1], 256), dtype=torch.int64)
+    chunk = max(1, chunk_bytes // max(1, images[0].numel()))
     for start in range(0, len(index), chunk):
         part = images.index_select(0, index[start : start + chunk])
         for c in range(images.shape[1]):
             hist[c] += torch.bincount(part[:, c].reshape(-1), minlength=256)
+        if after_chunk is not None:
+            after_chunk()
     means, stds = [], []
     for c in range(images.shape[1]):
         counts = hist[c].to(torch.float64)
@@ -141,9 +148,9 @@ def _finish(
     ds, seed, val_fraction, test_fraction, limit, source, parts, notes=(), folds=1, fold=None
 ) -> Split:
     train, val, test = (np.array(sorted(parts[s]), dtype=np.int64) for s in SPLITS)
-    mean, std = channel_stats(ds.images, torch.from_numpy(train))
-    if hasattr(ds, "release_pages"):
-        ds.release_pages()
+    mean, std = channel_stats(
+        ds.images, torch.from_numpy(train), after_chunk=getattr(ds, "release_pages", None)
+    )
     split = Split(
         seed=seed,
         val_fraction=val_fraction,
