@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rich.console import Console
@@ -115,6 +116,8 @@ def _run(args, console) -> int:
         # Every file is written atomically and each epoch checkpointed: nothing is lost.
         console.print("interrupted: run the same command again to resume", markup=False)
         return 130
+    if os.environ.get("RANK", "0") != "0":
+        return code  # torchrun: rank 0 prints for the run
     print_tables(results, console)
     out = opts.out or f"runs/{results['name']}"
     console.print(

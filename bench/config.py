@@ -207,6 +207,9 @@ class RunOptions:
     memory map) | device | host | mmap."""
     memory_budget_mb: float | None = None
     """RAM (MB) that --data-placement auto may count on (default: the system's MemAvailable)."""
+    dist_timeout_s: float = 600.0
+    """Under torchrun: seconds any collective may wait; a rank that died ends the others
+    with an error after this long instead of a hang."""
 
     def __post_init__(self):
         _check(
@@ -238,6 +241,7 @@ class RunOptions:
             "must be auto, device, host or mmap",
             self.data_placement,
         )
+        _check(self.dist_timeout_s > 0, "dist_timeout_s", "must be > 0", self.dist_timeout_s)
         _check(
             self.memory_budget_mb is None or self.memory_budget_mb > 0,
             "memory_budget_mb",

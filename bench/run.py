@@ -20,6 +20,7 @@ from bench.amp import resolve_precision
 from bench.config import ConfigError, Recipe, RunOptions, to_dict
 from bench.device import pick_device
 from bench.device import utc_now as _now
+from bench.distributed import setup, teardown
 from bench.registry import build_model, resolve_models, resolve_weights
 from bench.train import Context, train_one
 
@@ -192,9 +193,6 @@ def failed_row(name: str, seed: int, error: BaseException, weights: str, fold=No
 
 def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
     """The whole `bench run`. Returns (results, exit code)."""
-    from bench import speed
-    from neu.split import save_manifest
-
     started = time.perf_counter()
     names = resolve_models(opts.models)  # unknown names fail here, before any work
     if opts.tensorboard:
@@ -202,14 +200,35 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
 
         summary_writer_class()  # not installed: a clear error now, not after loading data
     seeds = opts.seed_list
-    device = pick_device(opts.device)
+    # Under torchrun: join its process group (one GPU per local rank, or gloo on CPU).
+    d, dist_device = setup(opts.device, opts.dist_timeout_s)
+    try:
+        return _run(recipe, opts, reporter, d, dist_device, names, seeds, started)
+    finally:
+        teardown(d)
+
+
+def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
+    from bench import speed
+    from neu.split import save_manifest
+
+    if not d.is_main:
+        from bench.ui import NullReporter
+
+        reporter = NullReporter()  # rank 0 speaks for the run
+    device = dist_device or pick_device(opts.device)
     configure_torch(opts, device)
 
-    ds, splits = load_data(recipe, opts)
+    # Rank 0 decodes (and caches) first; the others then read its cache.
+    if d.is_main:
+        ds, splits = load_data(recipe, opts)
+    d.barrier()
+    if not d.is_main:
+        ds, splits = load_data(recipe, opts)
     name = opts.name or default_name(recipe, opts, names)
     out = Path(opts.out or Path("runs") / name)
     out.mkdir(parents=True, exist_ok=True)
-    if opts.tensorboard:
+    if opts.tensorboard and d.is_main:  # rank 0 alone writes files
         from bench.tblog import TensorBoardReporter
 
         reporter = TensorBoardReporter(reporter, out / "tensorboard")
@@ -228,8 +247,9 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
                 f"({old.get('recipe_hash')} != {fingerprint}); pick a new --out/--name "
                 "or delete that folder"
             )
-    for split in splits:
-        save_manifest(split, ds, out / manifest_name(split))
+    if d.is_main:
+        for split in splits:
+            save_manifest(split, ds, out / manifest_name(split))
 
     # Weights are settled for every model before the first epoch: a missing file fails now.
     weights = {n: resolve_weights(n, recipe.weights) for n in names}
@@ -293,11 +313,17 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
             compile=opts.compile,
             data_placement=opts.data_placement,
             memory_budget_mb=opts.memory_budget_mb,
+            dist=d,
         )
         for split in splits
     }
     ctx = contexts[splits[0].fold]
     # Every fold holds the same images, so every fold's Context places them alike.
+    results["distributed"] = d.record(device)
+    if d.enabled:
+        reporter.log(
+            f"distributed: {d.world_size} ranks, {d.backend}; global batch {recipe.batch_size}"
+        )
     reporter.log(f"data placement: {ctx.placement} ({ctx.placement_reason})")
     results["data_placement"] = ctx.placement_record()
     # One run per model x seed x fold.
@@ -327,6 +353,8 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
                 except KeyboardInterrupt:
                     raise
                 except Exception as e:  # one model's failure must not stop the sweep
+                    if d.enabled:
+                        raise  # ...but the other ranks are in its collectives: end the run
                     row = failed_row(n, seed, e, weights[n], fold)
                     row.update(amp=precision.name, amp_reason=precision.reason)
                     (folder / "error.txt").parent.mkdir(parents=True, exist_ok=True)
@@ -338,8 +366,11 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
                 results["rows"].append(row)
                 reporter.end_model(row)
                 results["sweep"]["train_seconds_actual"] = time.perf_counter() - train_started
-                report.write_outputs(out, results)
+                if d.is_main:
+                    report.write_outputs(out, results)
 
+    if not d.is_main:  # speed, export and the report are rank 0's, without collectives
+        return results, 0
     if opts.speed:
         from bench.measure import measure_speed
 

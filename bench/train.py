@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from bench import metrics as M
 from bench.amp import resolve_precision
 from bench.config import Recipe
 from bench.data import Gather, Prefetcher, decide_placement, place_images
+from bench.distributed import Dist, wrap_model
 from bench.registry import build_model, head_parameter_names
 from neu._io import atomic_path, atomic_write_json, atomic_write_text
 from neu.augment import eval_batch, train_batch
@@ -60,6 +61,7 @@ class Context:
     compile: bool = False
     data_placement: str = "auto"
     memory_budget_mb: float | None = None
+    dist: Dist = field(default_factory=Dist)  # this process's place in a torchrun group
 
     def __post_init__(self):
         nbytes = self.dataset.images.numel() * self.dataset.images.element_size()
@@ -218,8 +220,16 @@ def make_optimizer(model: nn.Module, recipe: Recipe, weights_used: str):
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, ctx: Context, idx: torch.Tensor) -> tuple[float, np.ndarray]:
-    """(mean cross-entropy, logits as float32 numpy (N, classes)) on the given images."""
+    """(mean cross-entropy, logits as float32 numpy (N, classes)) on the given images.
+
+    Distributed: each rank evaluates its contiguous shard, then the shards' logits are
+    gathered in rank order, so every image counts exactly once (no sampler padding)."""
+    model = getattr(model, "module", model)  # DDP: no collectives inside a shard's forward
     model.eval()
+    n_all = len(idx)
+    if ctx.dist.enabled:
+        lo, hi = ctx.dist.shard(n_all)
+        idx = idx[lo:hi]
     losses, outputs = [], []
     for raw, y in ctx.batches(idx, ctx.recipe.eval_batch_size):
         with ctx.autocast():
@@ -227,10 +237,15 @@ def evaluate(model: nn.Module, ctx: Context, idx: torch.Tensor) -> tuple[float, 
         losses.append(nn.functional.cross_entropy(logits, y, reduction="sum"))
         # Logits stay on the device: one copy to the host at the end, not a sync per batch.
         outputs.append(logits)
-    n = max(len(idx), 1)
-    if not outputs:
-        return 0.0, np.zeros((0, len(ctx.classes)), np.float32)
-    return float(torch.stack(losses).sum()) / n, torch.cat(outputs).cpu().numpy()
+    n = max(n_all, 1)
+    loss = torch.stack(losses).sum() if losses else torch.zeros((), device=ctx.device)
+    logits = (
+        torch.cat(outputs).cpu().numpy() if outputs else np.zeros((0, len(ctx.classes)), np.float32)
+    )
+    if ctx.dist.enabled:
+        loss = ctx.dist.all_sum(loss.detach().float().reshape(1).to(ctx.device))[0]
+        logits = np.concatenate(ctx.dist.all_gather_object(logits))
+    return float(loss) / n, logits
 
 
 def _batch_sizes(n: int, batch_size: int, *, drop_single: bool) -> list[int]:
@@ -355,6 +370,8 @@ def train_one(
     opt, sched = make_optimizer(model, r, weights)
     scaler = ctx.precision.grad_scaler()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
+    d = ctx.dist
+    sum_loss = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing, reduction="sum")
 
     history: list[dict] = []
     best = {"val_accuracy": -1.0, "val_loss": float("inf"), "epoch": -1}
@@ -382,6 +399,7 @@ def train_one(
             reporter.warn(
                 f"{name}: torch.compile failed, training eager: {compiled['compile_error']}"
             )
+    net = wrap_model(net, d, ctx.device)
 
     n_train = len(ctx.train_idx)
     # A last batch of one sample breaks BatchNorm in training mode: drop only that case.
@@ -402,14 +420,26 @@ def train_one(
         for b in range(n_batches):
             start = clock.mark()
             raw, y = next(loader)  # waits only if the prefetched batch is not ready yet
+            # Distributed: the whole global batch is augmented on every rank (same stream as
+            # one process; ~1% of a step) and each keeps its slice; see bench.distributed.
             x = ctx.augment(raw, gen)
+            global_b = len(y)
+            step_loss = loss_fn
+            if d.enabled:
+                lo, hi = d.shard(global_b)
+                x, y = x[lo:hi], y[lo:hi]
+
+                def step_loss(out, t, _scale=d.world_size / global_b):
+                    return sum_loss(out, t) * _scale
+
             middle = clock.mark()
-            loss = train_step(net, opt, scaler, loss_fn, x, y, ctx.autocast)
+            loss = train_step(net, opt, scaler, step_loss, x, y, ctx.autocast)
             clock.step(start, middle, clock.mark())
-            loss_sum += loss * len(y)
-            seen += len(y)
+            loss_sum += loss * (global_b / d.world_size if d.enabled else global_b)
+            seen += global_b
             reporter.batch(b + 1, elapsed=time.perf_counter() - t0)
         loader.close()  # stops the prefetch thread now, not at garbage collection
+        d.all_sum(loss_sum)  # the ranks' summed losses: the global batch's
         ctx.sync()
         train_seconds = time.perf_counter() - t0
         data_s, compute_s = clock.totals()
@@ -439,21 +469,24 @@ def train_one(
             val_acc == best["val_accuracy"] and val_loss < best["val_loss"]
         ):
             best = {"val_accuracy": val_acc, "val_loss": val_loss, "epoch": epoch + 1}
-            _save_torch(_checkpoint(name, seed, model, ctx, weights, best), best_path)
-        _save_torch(
-            {
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(),
-                "history": history,
-                "best": best,
-                "recipe_hash": recipe_hash,
-            },
-            last_path,
-        )
-        _write_history(folder / "history.csv", history)
+            if d.is_main:
+                _save_torch(_checkpoint(name, seed, model, ctx, weights, best), best_path)
+        if d.is_main:  # only rank 0 writes; the others wait at the barrier below
+            _save_torch(
+                {
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "history": history,
+                    "best": best,
+                    "recipe_hash": recipe_hash,
+                },
+                last_path,
+            )
+            _write_history(folder / "history.csv", history)
+        d.barrier()
         reporter.epoch_end(record)
 
     row, details = _final_metrics(
@@ -462,8 +495,10 @@ def train_one(
     row.update(compiled)
     row["fold"] = fold
     row["checkpoint"] = checkpoint or str(Path(name) / f"seed{seed}" / "best.pt")
-    atomic_write_json(done, {"row": row, **details})
-    last_path.unlink(missing_ok=True)  # done: best.pt and metrics.json are what remain
+    if d.is_main:
+        atomic_write_json(done, {"row": row, **details})
+        last_path.unlink(missing_ok=True)  # done: best.pt and metrics.json are what remain
+    d.barrier()
     return row
 
 
