@@ -282,17 +282,17 @@ def test_pipeline_efficiency_splits_the_real_steps_into_data_and_compute(
     evaluation time (made 0.2 s slower per call) must not count as training time."""
     from bench import train
 
-    slow_inputs, slow_eval = train.Context.train_inputs, train.evaluate
+    slow_augment, slow_eval = train.Context.augment, train.evaluate
 
-    def train_inputs(self, idx, generator):
+    def augment(self, raw, generator):  # the data part of every training step
         time.sleep(0.03)
-        return slow_inputs(self, idx, generator)
+        return slow_augment(self, raw, generator)
 
     def evaluate(*args, **kwargs):
         time.sleep(0.2)
         return slow_eval(*args, **kwargs)
 
-    monkeypatch.setattr(train.Context, "train_inputs", train_inputs)
+    monkeypatch.setattr(train.Context, "augment", augment)
     monkeypatch.setattr(train, "evaluate", evaluate)
     results, code = bench_run.run(
         tiny_recipe(epochs=2), tiny_opts(data, tmp_path / "o"), NullReporter()
