@@ -301,8 +301,11 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
     if previous.exists():  # keep what a previous attempt measured
         results["created"] = old.get("created", results["created"])
 
-    contexts = {
-        split.fold: Context(
+    # One Context per fold (one in all without --folds); the first places the images (GPU,
+    # RAM or the cache's map) and the others share them.
+    contexts: dict = {}
+    for split in splits:
+        contexts[split.fold] = Context(
             ds,
             split,
             recipe,
@@ -314,11 +317,9 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
             data_placement=opts.data_placement,
             memory_budget_mb=opts.memory_budget_mb,
             dist=d,
+            images_from=next(iter(contexts.values()), None),
         )
-        for split in splits
-    }
     ctx = contexts[splits[0].fold]
-    # Every fold holds the same images, so every fold's Context places them alike.
     results["distributed"] = d.record(device)
     if d.enabled:
         reporter.log(

@@ -62,15 +62,23 @@ class Context:
     data_placement: str = "auto"
     memory_budget_mb: float | None = None
     dist: Dist = field(default_factory=Dist)  # this process's place in a torchrun group
+    # Another Context over the same dataset (another --folds fold) whose placed images this
+    # one shares: K folds must not hold K copies on the GPU, nor place them differently.
+    images_from: Context | None = None
 
     def __post_init__(self):
-        nbytes = self.dataset.images.numel() * self.dataset.images.element_size()
-        self.placement, self.placement_reason = decide_placement(
-            nbytes, self.device, self.data_placement, self.memory_budget_mb
-        )
-        if self.placement == "mmap" and getattr(self.dataset, "image_map", None) is None:
-            self.placement_reason += " (no cache file: the images are in RAM already)"
-        self.images = place_images(self.dataset, self.placement, self.device)
+        src = self.images_from
+        if src is not None and src.dataset is self.dataset and src.device == self.device:
+            self.placement, self.placement_reason = src.placement, src.placement_reason
+            self.images = src.images
+        else:
+            nbytes = self.dataset.images.numel() * self.dataset.images.element_size()
+            self.placement, self.placement_reason = decide_placement(
+                nbytes, self.device, self.data_placement, self.memory_budget_mb
+            )
+            if self.placement == "mmap" and getattr(self.dataset, "image_map", None) is None:
+                self.placement_reason += " (no cache file: the images are in RAM already)"
+            self.images = place_images(self.dataset, self.placement, self.device)
         # Indices and labels live beside the images: on the device, or on the CPU where
         # batches are gathered before they are sent over.
         on_device = self.placement == "device"

@@ -120,3 +120,27 @@ def test_dataset_larger_than_budget_trains_from_the_map_in_flat_memory(tmp_path)
     report = json.loads(proc.stdout)
     assert report["usable"] and report["num_images"] == 2400
     assert set(report["classes"].values()) == {400}
+
+
+def test_folds_share_one_placement_of_the_images(tmp_path):
+    # --folds K builds K Contexts over one dataset: the images must be placed once (not K
+    # copies in RAM or on the GPU) and every fold must read them from the same place.
+    from bench.config import Recipe
+    from bench.train import Context
+    from neu.dataset import load_dataset
+    from neu.split import make_split
+
+    ds = load_dataset(make_big_dataset(tmp_path / "d", 6, 16), image_size=16, cache_dir=False)
+    recipe = Recipe(image_size=16, batch_size=4, epochs=1)
+    cpu = torch.device("cpu")
+    first = Context(ds, make_split(ds, folds=3, fold=0), recipe, cpu, data_placement="host")
+    ctxs = [first] + [
+        Context(ds, make_split(ds, folds=3, fold=k), recipe, cpu, images_from=first) for k in (1, 2)
+    ]
+    assert first.images.data_ptr() != ds.images.data_ptr()  # host: placed (copied) once
+    for c in ctxs[1:]:
+        assert c.placement == "host" and c.images is first.images
+    # Different folds, different test images, gathered from the shared copy.
+    assert set(ctxs[1].test_idx.tolist()).isdisjoint(ctxs[2].test_idx.tolist())
+    raw, _ = next(ctxs[2].batches(ctxs[2].test_idx, 4))
+    assert torch.equal(raw.cpu(), ds.images[ctxs[2].test_idx[:4]])

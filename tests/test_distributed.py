@@ -100,6 +100,14 @@ def test_two_gloo_ranks_train_the_same_weights_as_one_process(tiny_neu, tmp_path
     # Evaluation covers every validation image exactly once across the two shards.
     assert ddp_row["val_images"] == single["val_images"]
     assert ddp_row["val_accuracy"] == pytest.approx(single["val_accuracy"])
+    # The held-out test split is scored the same way: each test image once, in split order.
+    assert ddp_row["accuracy_split"] == single["accuracy_split"] == "test"
+    assert ddp_row["test_images"] == single["test_images"] > 0
+    assert ddp_row["test_accuracy"] == pytest.approx(single["test_accuracy"])
+    ddp_pred = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["predictions"]
+    one_pred = json.loads((tmp_path / "single" / "metrics.json").read_text())["predictions"]
+    assert ddp_pred["files"] == one_pred["files"]
+    assert len(set(ddp_pred["files"])) == len(ddp_pred["files"]) == single["test_images"]
 
 
 @pytest.mark.slow
