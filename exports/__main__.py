@@ -90,7 +90,9 @@ def predict(clf: Classifier, args) -> int:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"{clf.info.model} ({clf.path.name}, {clf.provider})")
+        table = Table(
+            title=f"{clf.info.model} ({clf.path.name}, {clf.info.precision}, {clf.provider})"
+        )
         table.add_column("file", overflow="fold")  # wrap long paths instead of cutting them
         table.add_column("class", overflow="fold")
         table.add_column("confidence", justify="right", no_wrap=True)

@@ -99,6 +99,7 @@ def build_metadata(
         "split_hash": str(split_hash),
         "split": json.dumps(dict(split), sort_keys=True),
         "weights": str(weights),
+        "precision": "fp32",
         "torch_version": torch.__version__,
         "torchvision_version": torchvision_version,
         "export_date": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),

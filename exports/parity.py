@@ -35,10 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from exports.fidelity import DEFAULT_ATOL, DEFAULT_RTOL
 from exports.runtime import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, create_session
-
-DEFAULT_ATOL = 1e-3
-DEFAULT_RTOL = 1e-4
 
 
 @dataclass

@@ -52,7 +52,11 @@ PROVENANCE_KEYS = (
     "torch_version",
     "torchvision_version",
     "export_date",
+    "precision",
 )
+# What a file computes in: "fp32" (the export), or a reduced-precision copy made by
+# exports.quantize. Files from before precision was recorded are fp32.
+PRECISIONS = ("fp32", "fp16", "int8")
 
 # Short provider names used across neu-bench -> ONNX Runtime execution providers, in the
 # order handed to ORT (TensorRT falls back op-by-op to CUDA, then CPU, inside one session).
@@ -199,6 +203,7 @@ class ModelInfo:
     split_hash: str | None = None
     split: dict | None = None
     weights: str | None = None
+    precision: str = "fp32"
     raw: dict[str, str] = field(default_factory=dict)  # every metadata_props entry, unparsed
 
     @property
@@ -272,6 +277,9 @@ def parse_metadata(props: dict[str, str], *, source: str | Path = "model") -> Mo
     test_accuracy = optional_number("test_accuracy")
     test_images = optional_number("test_images", int)
     split = load_json("split") if meta.get("split") else None
+    precision = meta.get("precision") or "fp32"
+    if precision not in PRECISIONS:
+        raise bad("precision", f"is not one of {', '.join(PRECISIONS)}")
     return ModelInfo(
         model=meta["model"],
         classes=list(classes),
@@ -287,6 +295,7 @@ def parse_metadata(props: dict[str, str], *, source: str | Path = "model") -> Mo
         split_hash=meta.get("split_hash") or None,
         split=split,
         weights=meta.get("weights"),
+        precision=precision,
         raw=dict(props),
     )
 

@@ -7,6 +7,8 @@ instead when NEU_REQUIRE_DATA=1 (CI), so CI can never pass by silently skipping 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +108,33 @@ def export_plain_onnx(model, path: Path, image_size: int) -> Path:
             dynamic_axes={"input": {0: "batch"}},
         )
     return path
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_without_torch(args: list[str], tmp_path: Path, *, timeout=120):
+    """Run `python ARGS` in a process where importing torch or torchvision fails loudly.
+
+    Returns (completed process, attempted) where `attempted` lists the blocked modules the
+    code tried to import: a deployment path must leave it empty.
+    """
+    blocker = tmp_path / "no_torch"
+    marker = tmp_path / "torch_import_attempted"
+    for name in ("torch", "torchvision"):
+        (blocker / name).mkdir(parents=True, exist_ok=True)
+        (blocker / name / "__init__.py").write_text(
+            f"open({str(marker)!r}, 'a').write({name!r} + '\\n')\n"
+            f"raise ImportError('{name} is not available in this deployment test')\n"
+        )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
+    proc = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=timeout,
+    )
+    attempted = marker.read_text().split() if marker.exists() else []
+    return proc, attempted

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +23,8 @@ from exports.runtime import (
 )
 from neu import NEU_CLASSES
 from neu.image import load_image, normalize
-from tests.conftest import write_image
+from tests.conftest import run_without_torch, write_image
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]
 
@@ -265,24 +261,10 @@ def test_cli_bad_model_file_exit_2(tmp_path, image_dir, capsys):
 
 def test_cli_predict_runs_without_torch(onnx_path, model, image_dir, tmp_path):
     """`python -m exports predict` in a process where `import torch` fails loudly."""
-    blocker = tmp_path / "no_torch"
-    marker = tmp_path / "torch_import_attempted"
-    for name in ("torch", "torchvision"):
-        (blocker / name).mkdir(parents=True)
-        (blocker / name / "__init__.py").write_text(
-            f"open({str(marker)!r}, 'a').write({name!r} + '\\n')\n"
-            f"raise ImportError('{name} is not available in this deployment test')\n"
-        )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "exports", "predict", str(onnx_path), str(image_dir), "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
+    proc, attempted = run_without_torch(
+        ["-m", "exports", "predict", str(onnx_path), str(image_dir), "--json"], tmp_path
     )
-    assert not marker.exists(), f"torch import attempted: {marker.read_text()}\n{proc.stderr}"
+    assert not attempted, f"torch import attempted: {attempted}\n{proc.stderr}"
     assert proc.returncode == 1, proc.stderr  # broken.bmp
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     good = [r for r in results if "error" not in r]
