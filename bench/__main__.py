@@ -60,6 +60,21 @@ def _parser() -> argparse.ArgumentParser:
         help="rounds, alternating runtimes; rows give the median and spread (default 3)",
     )
 
+    speed.add_argument(
+        "--variants",
+        default="all",
+        help="deployment variants beside torch and ONNX Runtime FP32: all, or a comma list of "
+        "fp32, int8, fp16, bf16, compile, openvino (default: all that apply here)",
+    )
+    speed.add_argument(
+        "--calibration-images",
+        type=int,
+        default=256,
+        help="INT8 calibration inputs (synthetic without a dataset)",
+    )
+    speed.add_argument("--fidelity-min-agreement", type=float, default=0.99)
+    speed.add_argument("--fidelity-max-drop-pp", type=float, default=0.5)
+
     from bench.trainspeed import TrainSpeedOptions
 
     ts = sub.add_parser(
@@ -142,6 +157,10 @@ def _speed(args, console) -> int:
         speed_min_iters=args.speed_min_iters,
         speed_rounds=args.speed_rounds,
         strict_providers=args.strict_providers,
+        variants=args.variants,
+        calibration_images=args.calibration_images,
+        fidelity_min_agreement=args.fidelity_min_agreement,
+        fidelity_max_drop_pp=args.fidelity_max_drop_pp,
     )
     reporter = make_reporter()
     try:

@@ -210,6 +210,18 @@ class RunOptions:
     dist_timeout_s: float = 600.0
     """Under torchrun: seconds any collective may wait; a rank that died ends the others
     with an error after this long instead of a hang."""
+    variants: str = "all"
+    """Deployment variants timed and judged beside torch eager FP32 and ONNX Runtime FP32:
+    all, or a comma list of fp32 (channels_last), int8 (ONNX Runtime static QDQ), fp16 (ONNX,
+    GPU providers), bf16 (autocast), compile (torch.compile), openvino. One that cannot run
+    here gets a row saying why."""
+    calibration_images: int = 256
+    """INT8 calibration: this many training images (seeded, stratified by class)."""
+    fidelity_min_agreement: float = 0.99
+    """INT8/FP16/bf16 variants pass only with at least this top-1 agreement with FP32 torch on
+    the test images (a fraction; FP32 variants need strict parity instead)."""
+    fidelity_max_drop_pp: float = 0.5
+    """...and a test-accuracy drop of at most this many percentage points."""
 
     def __post_init__(self):
         _check(
@@ -248,6 +260,26 @@ class RunOptions:
             "must be > 0",
             self.memory_budget_mb,
         )
+        from bench.speed.variants import GROUPS, parse_variants
+
+        try:
+            parse_variants(self.variants)
+            ok = True
+        except ValueError:
+            ok = False
+        _check(ok, "variants", f"must be all or a comma list of {', '.join(GROUPS)}", self.variants)
+        _check(
+            self.calibration_images >= 1, "calibration_images", "must be >= 1",
+            self.calibration_images,
+        )  # fmt: skip
+        _check(
+            0 <= self.fidelity_min_agreement <= 1, "fidelity_min_agreement",
+            "is a fraction in [0, 1] (99% is 0.99)", self.fidelity_min_agreement,
+        )  # fmt: skip
+        _check(
+            self.fidelity_max_drop_pp >= 0, "fidelity_max_drop_pp",
+            "must be >= 0 (percentage points)", self.fidelity_max_drop_pp,
+        )  # fmt: skip
 
     @property
     def seed_list(self) -> list[int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench import report, speed
@@ -48,6 +49,7 @@ def measure_speed(results: dict, out: Path, ctx, opts, reporter) -> list[dict]:
     from exports.export import export_onnx
 
     rows = []
+    results["deployment"] = []
     providers = ("cpu", "cuda", "tensorrt") if ctx.device.type == "cuda" else ("cpu",)
     with tempfile.TemporaryDirectory(prefix="neu-bench-speed-") as tmp:
         for name, row in best_rows(results).items():
@@ -69,29 +71,143 @@ def measure_speed(results: dict, out: Path, ctx, opts, reporter) -> list[dict]:
                     f"{opts.speed_rounds} interleaved rounds"
                 )
                 notes: list[str] = []
-                rows += speed.speed_rows_for_model(
-                    model,
-                    name=name,
-                    image_size=ctx.recipe.image_size,
-                    onnx_path=onnx_path,
-                    device=ctx.device,
-                    batch_sizes=BATCH_SIZES,
-                    providers=providers,
-                    threads=opts.threads,
-                    rounds=opts.speed_rounds,
-                    timing=_timing(opts),
-                    notes=notes,
-                    strict_providers=opts.strict_providers,
-                )
+                if ctx.device.type == "cuda":  # GPU providers, AMP, largest batch
+                    rows += speed.speed_rows_for_model(
+                        model,
+                        name=name,
+                        image_size=ctx.recipe.image_size,
+                        onnx_path=onnx_path,
+                        device=ctx.device,
+                        batch_sizes=BATCH_SIZES,
+                        providers=providers,
+                        threads=opts.threads,
+                        rounds=opts.speed_rounds,
+                        timing=_timing(opts),
+                        notes=notes,
+                        strict_providers=opts.strict_providers,
+                    )
                 for note in notes:  # GPU provider not really usable: say so, never mislabel
                     reporter.log(note)
+                # Every deployment variant, torch eager and ORT FP32 included, in one window.
+                dep_rows, dep_speed = measure_variants(
+                    model,
+                    name=name,
+                    fp32_onnx=onnx_path,
+                    work_dir=out / "variants" / name,
+                    image_size=ctx.recipe.image_size,
+                    device=ctx.device,
+                    opts=opts,
+                    calibration=_train_calibration(ctx, opts),
+                    fidelity=_fidelity_images(ctx),
+                    log=reporter.log,
+                )
+                results.setdefault("deployment", []).extend(dep_rows)
+                if ctx.device.type != "cuda":  # on CUDA the rows above already hold these
+                    rows += dep_speed
             except Exception as e:  # a speed failure is recorded, never fatal to the results
                 rows.append(
                     {"model": name, "runtime": "torch", "error": f"{type(e).__name__}: {e}"}
                 )
             del model
     results["speed_ratios"] = speed.speedup(rows)
+    _recommend(results, out)
     return rows
+
+
+def measure_variants(
+    model, *, name, fp32_onnx, work_dir, image_size, device, opts, calibration, fidelity, log
+) -> tuple[list[dict], list[dict]]:
+    """bench.deployment.measure_deployment with the run's flags and this CPU's ISA."""
+    from bench.cpu import has_bf16_hardware, has_vnni
+    from bench.deployment import measure_deployment
+    from bench.speed.variants import parse_variants
+    from exports.fidelity import FidelityThresholds
+
+    return measure_deployment(
+        model,
+        name=name,
+        fp32_onnx=fp32_onnx,
+        work_dir=work_dir,
+        image_size=image_size,
+        device=torch.device(device),
+        threads=opts.threads or torch.get_num_threads(),
+        groups=parse_variants(opts.variants),
+        calibration=calibration,
+        fidelity=fidelity,
+        thresholds=FidelityThresholds(
+            min_agreement=opts.fidelity_min_agreement,
+            max_accuracy_drop_pp=opts.fidelity_max_drop_pp,
+        ),
+        rounds=opts.speed_rounds,
+        timing=_timing(opts),
+        vnni=has_vnni(),
+        bf16_hardware=has_bf16_hardware(),
+        log=log,
+    )
+
+
+def _train_calibration(ctx, opts):
+    """INT8 calibration images: a seeded, class-stratified sample of the TRAINING split."""
+    from bench.deployment import CalibrationData
+    from exports.quantize import calibration_indices
+
+    idx = calibration_indices(
+        ctx.labels.cpu().numpy(),
+        ctx.train_idx.cpu().numpy(),
+        opts.calibration_images,
+        seed=ctx.recipe.split_seed,
+    )
+    x = ctx.eval_inputs(torch.as_tensor(idx, device=ctx.images.device))
+    return CalibrationData(
+        inputs=x.float().cpu().contiguous().numpy(),
+        seed=ctx.recipe.split_seed,
+        source="train split",
+    )
+
+
+def _fidelity_images(ctx):
+    """Every test image (the validation images when the split has no test part)."""
+    from bench.deployment import FidelityData
+
+    idx, source = ctx.test_idx, "test split"
+    if len(idx) == 0:
+        idx, source = ctx.val_idx, "validation split (the split has no test images)"
+    x = ctx.eval_inputs(idx).float().cpu().contiguous().numpy()
+    return FidelityData(inputs=x, labels=ctx.labels[idx].cpu().numpy(), source=source)
+
+
+# Without a dataset (`bench speed`) variants are calibrated and compared on seeded N(0, 1)
+# inputs, the distribution of normalised images: fidelity then covers agreement and logits,
+# not accuracy, and the rows say so.
+SYNTHETIC_FIDELITY_IMAGES = 64
+
+
+def _synthetic_calibration(n: int, image_size: int):
+    from bench.deployment import CalibrationData
+
+    x = np.random.default_rng(0).standard_normal((n, 3, image_size, image_size), np.float32)
+    return CalibrationData(inputs=x, seed=0, source="synthetic N(0,1) inputs (no dataset)")
+
+
+def _synthetic_fidelity(image_size: int):
+    from bench.deployment import FidelityData
+
+    n = SYNTHETIC_FIDELITY_IMAGES
+    x = np.random.default_rng(1).standard_normal((n, 3, image_size, image_size), np.float32)
+    return FidelityData(
+        inputs=x, labels=None, source=f"synthetic: {n} seeded N(0,1) inputs, no labels"
+    )
+
+
+def _recommend(results: dict, out: Path) -> None:
+    from bench.deployment import plot_pareto, recommend
+
+    rows = results.get("deployment") or []
+    if not rows:
+        return
+    results["recommendation"] = recommend(rows)
+    if plot_pareto(rows, out / "deployment_pareto.png"):
+        results["deployment_plot"] = "deployment_pareto.png"
 
 
 def _metadata(name: str, meta: dict, row: dict) -> dict:
@@ -223,12 +339,74 @@ def export_and_verify(results: dict, out: Path, ctx, opts, reporter, contexts=No
             entry["parity_passed"] = bool(parity.passed)
             if not parity.passed:
                 reporter.warn(f"[{name}] PARITY FAILED: {'; '.join(parity.failures)}")
+            rec = (results.get("recommendation") or {}).get("by_model", {}).get(name)
+            if rec and rec.get("variant"):
+                entry["recommended"] = export_recommended(rec, name, out, path, results)
+                reporter.log(
+                    f"[{name}] recommended deployment: {rec['variant']} -> "
+                    f"{entry['recommended']['path']}"
+                )
         except Exception as e:
             entry.update(parity_passed=False, error=f"{type(e).__name__}: {e}")
             reporter.warn(f"[{name}] export failed: {entry['error']}")
         results["exports"].append(entry)
     if opts.speed:
         _plot(results, out)
+
+
+def export_recommended(rec: dict, name: str, out: Path, fp32_path: Path, results: dict) -> dict:
+    """Put the recommended variant's artifact next to the FP32 export, stamped with its figures.
+
+    INT8/FP16 copies come from the speed step (out/variants/<model>/), made from the same
+    checkpoint with the same metadata; the copy here adds the fidelity figures and the
+    variant name. Variants that run the FP32 file (ORT FP32, OpenVINO) stamp it instead; torch
+    variants ship the checkpoint, named in the entry.
+    """
+    import json
+
+    from bench.deployment import ARTIFACT_SUFFIX
+    from exports.quantize import update_metadata
+    from neu._io import atomic_write_bytes
+
+    artifact = rec["artifact"]
+    row = next(
+        r for r in results["deployment"] if r["model"] == name and r["variant"] == rec["variant"]
+    )
+    figures = {
+        k: row[k]
+        for k in (
+            "variant",
+            "runtime",
+            "precision",
+            "agreement",
+            "test_accuracy",
+            "accuracy_delta_pp",
+            "max_abs_logit_diff",
+            "fidelity_images",
+            "fidelity_source",
+            "fidelity_rule",
+            "latency_ms_p50",
+            "speedup_vs_torch_fp32",
+        )  # fmt: skip
+    }
+    figures["cpu_isa"] = results.get("environment", {}).get("cpu_isa_label")
+    if artifact not in ARTIFACT_SUFFIX:  # a torch variant: the checkpoint is the artifact
+        best = best_rows(results)[name]
+        return {"variant": rec["variant"], "path": best["checkpoint"], "kind": "checkpoint"}
+    dst = fp32_path.with_name(name + ARTIFACT_SUFFIX[artifact])
+    if dst != fp32_path:
+        src = out / "variants" / name / dst.name
+        atomic_write_bytes(dst, src.read_bytes())
+    update_metadata(
+        dst, {"fidelity": json.dumps(figures, sort_keys=True), "deployment_variant": rec["variant"]}
+    )
+    return {
+        "variant": rec["variant"],
+        "path": str(dst.relative_to(out)),
+        "kind": "onnx",
+        "precision": row["precision"],
+        "size_mb": speed.file_size_mb(dst),
+    }
 
 
 def _plot(results: dict, out: Path) -> None:
@@ -297,6 +475,7 @@ def speed_command(
         "models": {},
         "rows": [],
         "speed": [],
+        "deployment": [],
         "exports": [],
     }
     for name in names:
@@ -361,26 +540,43 @@ def speed_command(
                 strict=True,
                 disable_cpu_fallback=opts.strict_providers,
             )
-        reporter.log(f"[{name}] measuring torch and onnxruntime on {device}")
         notes: list[str] = []
-        results["speed"] += speed.speed_rows_for_model(
+        if device.type == "cuda" or explicit:  # GPU providers, AMP, largest batch
+            reporter.log(f"[{name}] measuring torch and onnxruntime providers on {device}")
+            results["speed"] += speed.speed_rows_for_model(
+                model,
+                name=name,
+                image_size=image_size,
+                onnx_path=onnx_path,
+                device=device,
+                batch_sizes=BATCH_SIZES,
+                providers=providers,
+                threads=opts.threads,
+                rounds=opts.speed_rounds,
+                timing=_timing(opts),
+                notes=notes,
+                strict_providers=opts.strict_providers,
+            )
+        dep_rows, dep_speed = measure_variants(
             model,
             name=name,
+            fp32_onnx=onnx_path,
+            work_dir=out / "variants" / name,
             image_size=image_size,
-            onnx_path=onnx_path,
             device=device,
-            batch_sizes=BATCH_SIZES,
-            providers=providers,
-            threads=opts.threads,
-            rounds=opts.speed_rounds,
-            timing=_timing(opts),
-            notes=notes,
-            strict_providers=opts.strict_providers,
+            opts=opts,
+            calibration=_synthetic_calibration(opts.calibration_images, image_size),
+            fidelity=_synthetic_fidelity(image_size),
+            log=reporter.log,
         )
+        results["deployment"] += dep_rows
+        if not (device.type == "cuda" or explicit):
+            results["speed"] += dep_speed
         info["notes"] = notes
         report.write_outputs(out, results)
     if checkpoint and not results["models"]:
         raise ValueError(f"--checkpoint {checkpoint} is for another model than --models")
     results["speed_ratios"] = speed.speedup(results["speed"])
+    _recommend(results, out)
     report.write_outputs(out, results, final=True)
     return results, out

@@ -425,6 +425,115 @@ def exports_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+def deployment_table_rows(results: dict, model: str) -> tuple[list[str], list[list[str]]]:
+    """One model's deployment variants: speed (same rounds), size and fidelity."""
+    head = [
+        "variant",
+        "runtime / provider",
+        "precision",
+        "p50 ms (b1)",
+        "p99 ms (b1)",
+        "img/s (b32)",
+        "vs torch FP32",
+        "MB",
+        "agreement",
+        "accuracy",
+        "Δ pp",
+        "max |Δ logit|",
+        "fidelity",
+    ]
+    body = []
+    for r in results.get("deployment", []):
+        if r["model"] != model:
+            continue
+        if r.get("skipped"):
+            body.append([r["variant"], r["runtime"], r["precision"]] + ["-"] * 9
+                        + [f"skipped: {r['skipped']}"])  # fmt: skip
+            continue
+        speedup = r.get("speedup_vs_torch_fp32")
+        verdict = (
+            "PASS" if r.get("passed") else "FAIL " + "; ".join(r.get("fidelity_failures") or [])
+        )
+        if r.get("error"):
+            verdict = f"error: {r['error']}"
+        if r.get("compile_seconds_by_batch"):
+            secs = ", ".join(f"b{b}: {v:.1f} s" for b, v in r["compile_seconds_by_batch"].items())
+            verdict += f" (compile {secs}, not in latency)"
+        delta = r.get("accuracy_delta_pp")
+        body.append(
+            [
+                r["variant"],
+                f"{r['runtime']} / {r.get('provider') or '-'}",
+                r["precision"],
+                _num(r.get("latency_ms_p50")),
+                _num(r.get("latency_ms_p99")),
+                _num(r.get("throughput_img_s"), ".1f"),
+                "-" if speedup is None else f"{speedup:.2f}x",
+                _num(r.get("size_mb"), ".1f"),
+                _pct(r.get("agreement")),
+                _pct(r.get("test_accuracy")),
+                "-" if delta is None else f"{delta:+.2f}",
+                _num(r.get("max_abs_logit_diff"), ".2e"),
+                verdict.strip(),
+            ]
+        )
+    return head, body
+
+
+def deployment_markdown(results: dict) -> list[str]:
+    rows = results.get("deployment") or []
+    if not rows:
+        return []
+    env = results.get("environment", {})
+    first = rows[0]
+    parts = [
+        "## Deployment variants",
+        f"Measured on {env.get('cpu', '?')} ({cpu_isa_text(env)}), "
+        f"{first.get('threads') or env.get('torch_threads')} threads. Every variant is timed "
+        "in the same interleaved rounds as torch eager FP32; 'vs torch FP32' is the median "
+        "of the per-round p50 ratios (>1: faster). Fidelity: every "
+        f"{first['fidelity_source']} image ({first['fidelity_images']}) through the variant, "
+        "compared with torch eager FP32. FP32 variants need strict parity; reduced precision "
+        "passes on the accuracy delta and top-1 agreement. A variant that fails is never "
+        "recommended.",
+    ]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        parts += [f"### {model}", _md_table(*deployment_table_rows(results, model))]
+    rec = results.get("recommendation") or {}
+    lines = []
+    for model, r in (rec.get("by_model") or {}).items():
+        if not r.get("variant"):
+            lines.append(f"- **{model}**: none ({r.get('why')})")
+            continue
+        speedup = r.get("speedup_vs_torch_fp32")
+        lines.append(
+            f"- **{model}**: `{r['variant']}` ({r['runtime']}/{r['provider']}, {r['precision']}), "
+            f"p50 {_num(r['latency_ms_p50'])} ms at batch 1"
+            + ("" if speedup is None else f", {speedup:.2f}x torch eager FP32")
+            + f", agreement {_pct(r.get('agreement'))}"
+            + (
+                ""
+                if r.get("accuracy_delta_pp") is None
+                else f", accuracy {r['accuracy_delta_pp']:+.2f} pp"
+            )  # fmt: skip
+            + f" ({cpu_isa_text(env)})"
+        )
+    if lines:
+        parts += ["### Recommendation: the fastest variant that passed fidelity", "\n".join(lines)]
+    if rec.get("pareto"):
+        front = ", ".join(
+            f"{p['model']}/{p['variant']} ({_num(p['latency_ms_p50'])} ms, "
+            f"{_pct(p['test_accuracy'])})"
+            for p in rec["pareto"]
+        )
+        parts.append(f"Accuracy-latency Pareto front over all models x passing variants: {front}.")
+    if results.get("deployment_plot"):
+        parts.append(
+            f"![accuracy vs latency of the deployment variants]({results['deployment_plot']})"
+        )
+    return parts
+
+
 def _md_table(head: list[str], body: list[list[str]]) -> str:
     def esc(c):
         return str(c).replace("|", "\\|")
@@ -600,6 +709,7 @@ def markdown(results: dict) -> str:
                 "### ONNX Runtime vs PyTorch (CPU, same threads)",
                 _md_table(*ratio_table_rows(results)),
             ]
+    parts += deployment_markdown(results)
     if results.get("plot"):
         parts += ["## Accuracy vs latency", f"![accuracy vs batch-1 latency]({results['plot']})"]
     if results.get("exports"):
@@ -773,3 +883,7 @@ def print_tables(results: dict, console) -> None:
     show("training speed" + label, *training_table_rows(results))
     show("ONNX Runtime vs PyTorch", *ratio_table_rows(results))
     show("ONNX exports and parity" + label, *exports_table_rows(results))
+    for model in dict.fromkeys(r["model"] for r in results.get("deployment", [])):
+        show(f"deployment variants: {model}{isa}{label}", *deployment_table_rows(results, model))
+    for model, r in (results.get("recommendation") or {}).get("by_model", {}).items():
+        console.print(f"recommended for {model}: {r.get('variant') or r.get('why')}", markup=False)

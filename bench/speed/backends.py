@@ -48,6 +48,11 @@ class Backend:
     def active(self) -> Iterator[None]:
         yield
 
+    def logits(self, x: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
+        """float32 (N, K) logits for preprocessed float32 inputs (N, 3, S, S): the fidelity
+        check (exports.fidelity) runs every test image through the backend as timed."""
+        raise NotImplementedError
+
     @property
     def label(self) -> str:
         p = self.provenance()
@@ -120,6 +125,19 @@ class TorchEager(Backend):
                 self.model.to(memory_format=torch.contiguous_format)
             self.model.train(was_training)
             torch.set_num_threads(old_threads)
+
+    def logits(self, x: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
+        out = []
+        with self.active():
+            for i in range(0, len(x), batch_size):
+                xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(self.device)
+                if self.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                out.append(self._forward(xb).float().cpu().numpy())
+        return np.concatenate(out)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
 
     def provenance(self) -> dict:
         return {
@@ -213,13 +231,28 @@ class OnnxRuntime(Backend):
         session = self.session
         return lambda: session.run(None, feed)
 
+    def logits(self, x: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
+        name = self.session.get_inputs()[0].name
+        return np.concatenate(
+            [
+                self.session.run(None, {name: np.ascontiguousarray(x[i : i + batch_size])})[0]
+                for i in range(0, len(x), batch_size)
+            ]
+        ).astype(np.float32)
+
+    @property
+    def precision(self) -> str:
+        """What the file computes in: its neu_bench.precision (INT8/FP16 copies), else fp32."""
+        meta = self.session.get_modelmeta().custom_metadata_map
+        return meta.get("neu_bench.precision", "fp32")
+
     def provenance(self) -> dict:
         session_threads = self.session.get_session_options().intra_op_num_threads
         return {
             "runtime": self.runtime,
             "provider": self.provider,
             "requested_provider": self.requested_provider,
-            "precision": "fp32",
+            "precision": self.precision,
             "channels_last": False,
             "memory_format": "contiguous",
             # 0 would mean "ORT default" (one per physical core); report what we asked for.

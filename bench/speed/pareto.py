@@ -29,7 +29,11 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def plot_accuracy_vs_latency(
-    rows: Sequence[dict], path: str | Path, *, title: str | None = None
+    rows: Sequence[dict],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    ylabel: str = "validation accuracy (%, higher is better)",
 ) -> Path:
     """Accuracy vs p50 latency scatter, one labelled point per row, Pareto front marked.
 
@@ -92,7 +96,7 @@ def plot_accuracy_vs_latency(
         ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
         ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.set_xlabel("latency p50 (ms, lower is better)")
-    ax.set_ylabel("validation accuracy (%, higher is better)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title or "NEU-CLS: accuracy vs latency (batch 1)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
