@@ -67,43 +67,27 @@ def measure_speed(results: dict, out: Path, ctx, opts, reporter) -> list[dict]:
                     image_size=meta["image_size"],
                 )
                 reporter.log(
-                    f"[{name}] measuring PyTorch and ONNX Runtime on {ctx.device}, "
-                    f"{opts.speed_rounds} interleaved rounds"
+                    f"[{name}] measuring deployment variants ({opts.variants}) on "
+                    f"{ctx.device}, {opts.speed_rounds} interleaved rounds"
                 )
-                notes: list[str] = []
-                if ctx.device.type == "cuda":  # GPU providers, AMP, largest batch
-                    rows += speed.speed_rows_for_model(
-                        model,
-                        name=name,
-                        image_size=ctx.recipe.image_size,
-                        onnx_path=onnx_path,
-                        device=ctx.device,
-                        batch_sizes=BATCH_SIZES,
-                        providers=providers,
-                        threads=opts.threads,
-                        rounds=opts.speed_rounds,
-                        timing=_timing(opts),
-                        notes=notes,
-                        strict_providers=opts.strict_providers,
-                    )
-                for note in notes:  # GPU provider not really usable: say so, never mislabel
-                    reporter.log(note)
-                # Every deployment variant, torch eager and ORT FP32 included, in one window.
-                dep_rows, dep_speed = measure_variants(
+                speed_rows, dep_rows, notes = measure_model(
                     model,
                     name=name,
-                    fp32_onnx=onnx_path,
-                    work_dir=out / "variants" / name,
+                    onnx_path=onnx_path,
+                    out=out,
                     image_size=ctx.recipe.image_size,
                     device=ctx.device,
+                    providers=providers,
+                    gpu_rows=ctx.device.type == "cuda",
                     opts=opts,
                     calibration=_train_calibration(ctx, opts),
                     fidelity=_fidelity_images(ctx),
                     log=reporter.log,
                 )
-                results.setdefault("deployment", []).extend(dep_rows)
-                if ctx.device.type != "cuda":  # on CUDA the rows above already hold these
-                    rows += dep_speed
+                for note in notes:  # GPU provider not really usable: say so, never mislabel
+                    reporter.log(note)
+                rows += speed_rows
+                results["deployment"] += dep_rows
             except Exception as e:  # a speed failure is recorded, never fatal to the results
                 rows.append(
                     {"model": name, "runtime": "torch", "error": f"{type(e).__name__}: {e}"}
@@ -112,6 +96,61 @@ def measure_speed(results: dict, out: Path, ctx, opts, reporter) -> list[dict]:
     results["speed_ratios"] = speed.speedup(rows)
     _recommend(results, out)
     return rows
+
+
+def measure_model(
+    model,
+    *,
+    name,
+    onnx_path,
+    out,
+    image_size,
+    device,
+    providers,
+    gpu_rows,
+    opts,
+    calibration,
+    fidelity,
+    log,
+) -> tuple[list[dict], list[dict], list[str]]:
+    """(speed rows, deployment rows, notes) of one model.
+
+    gpu_rows: also the issue-12 rows (torch AMP, every ONNX Runtime GPU provider, largest
+    batch) on CUDA or for explicitly named providers; the deployment variants (torch eager and
+    ORT FP32 among them, all in one window) always. On a plain CPU run the variants' own
+    timed cases are the speed rows, so nothing is measured twice.
+    """
+    notes: list[str] = []
+    rows: list[dict] = []
+    if gpu_rows:
+        log(f"[{name}] measuring torch and onnxruntime providers on {device}")
+        rows += speed.speed_rows_for_model(
+            model,
+            name=name,
+            image_size=image_size,
+            onnx_path=onnx_path,
+            device=device,
+            batch_sizes=BATCH_SIZES,
+            providers=providers,
+            threads=opts.threads,
+            rounds=opts.speed_rounds,
+            timing=_timing(opts),
+            notes=notes,
+            strict_providers=opts.strict_providers,
+        )
+    dep_rows, dep_speed = measure_variants(
+        model,
+        name=name,
+        fp32_onnx=onnx_path,
+        work_dir=out / "variants" / name,
+        image_size=image_size,
+        device=device,
+        opts=opts,
+        calibration=calibration,
+        fidelity=fidelity,
+        log=log,
+    )
+    return (rows if gpu_rows else dep_speed), dep_rows, notes
 
 
 def measure_variants(
@@ -540,38 +579,22 @@ def speed_command(
                 strict=True,
                 disable_cpu_fallback=opts.strict_providers,
             )
-        notes: list[str] = []
-        if device.type == "cuda" or explicit:  # GPU providers, AMP, largest batch
-            reporter.log(f"[{name}] measuring torch and onnxruntime providers on {device}")
-            results["speed"] += speed.speed_rows_for_model(
-                model,
-                name=name,
-                image_size=image_size,
-                onnx_path=onnx_path,
-                device=device,
-                batch_sizes=BATCH_SIZES,
-                providers=providers,
-                threads=opts.threads,
-                rounds=opts.speed_rounds,
-                timing=_timing(opts),
-                notes=notes,
-                strict_providers=opts.strict_providers,
-            )
-        dep_rows, dep_speed = measure_variants(
+        speed_rows, dep_rows, notes = measure_model(
             model,
             name=name,
-            fp32_onnx=onnx_path,
-            work_dir=out / "variants" / name,
+            onnx_path=onnx_path,
+            out=out,
             image_size=image_size,
             device=device,
+            providers=providers,
+            gpu_rows=device.type == "cuda" or bool(explicit),
             opts=opts,
             calibration=_synthetic_calibration(opts.calibration_images, image_size),
             fidelity=_synthetic_fidelity(image_size),
             log=reporter.log,
         )
+        results["speed"] += speed_rows
         results["deployment"] += dep_rows
-        if not (device.type == "cuda" or explicit):
-            results["speed"] += dep_speed
         info["notes"] = notes
         report.write_outputs(out, results)
     if checkpoint and not results["models"]:

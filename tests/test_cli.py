@@ -35,6 +35,7 @@ def test_quick_run_is_labelled_and_exports_with_parity(tmp_path, capsys):
         "run", "--quick", "--models", "shufflenet_v2_x0_5", "--data", str(data),
         "--out", str(out), "--weights", "none", "--image-size", "32", "--epochs", "1",
         "--speed-min-seconds", "0", "--speed-min-iters", "3", "--export", "best",
+        "--variants", "int8", "--calibration-images", "8",
     ]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -72,6 +73,27 @@ def test_quick_run_is_labelled_and_exports_with_parity(tmp_path, capsys):
     (row,) = results["rows"]
     assert (info.test_accuracy, info.test_images) == (row["test_accuracy"], 12)
     assert info.split_hash == results["dataset"]["split_hash"]
+
+    # Deployment: torch FP32, ORT FP32 and ORT INT8, each with fidelity figures on the held-out
+    # images, and a recommended artifact next to the FP32 export.
+    deployment = {r["variant"]: r for r in results["deployment"]}
+    assert {"torch_fp32", "ort_fp32", "ort_int8"} <= set(deployment)
+    held_out = (
+        results["dataset"]["split"]["test_images"] or results["dataset"]["split"]["val_images"]
+    )
+    for r in deployment.values():
+        assert r["fidelity_images"] == held_out
+        assert r["agreement"] is not None and r["test_accuracy"] is not None
+        assert r["latency_ms_p50"] > 0 and r["speedup_vs_torch_fp32"] > 0
+    rec = results["recommendation"]["by_model"]["shufflenet_v2_x0_5"]
+    assert deployment[rec["variant"]]["passed"]
+    recommended = exp["recommended"]
+    assert recommended["variant"] == rec["variant"]
+    if recommended["kind"] == "onnx":
+        info = Classifier(out / recommended["path"]).info
+        fidelity = json.loads(info.raw["neu_bench.fidelity"])
+        assert fidelity["variant"] == rec["variant"] and fidelity["agreement"] >= 0.99
+    assert "Deployment variants" in (out / "report.md").read_text()
 
     # The exported model, run by the torch-free runtime, agrees with the run's evaluation.
     test = [i["file"] for i in json.loads((out / "split.json").read_text())["items"]
@@ -121,7 +143,7 @@ def _predict(model, files):
 def test_bench_speed_writes_results_with_both_runtimes(tmp_path, capsys):
     argv = [
         "speed", "--models", "shufflenet_v2_x0_5", "--image-size", "32", "--out",
-        str(tmp_path), "--speed-min-seconds", "0", "--speed-min-iters", "3",
+        str(tmp_path), "--speed-min-seconds", "0", "--speed-min-iters", "3", "--variants", "fp32",
     ]  # fmt: skip
     assert main(argv) == 0
     results = json.loads((tmp_path / "results.json").read_text())

@@ -43,6 +43,14 @@ def test_invalid_run_options_name_the_flag():
         RunOptions(seeds="1,1")
     with pytest.raises(ConfigError, match="--layout"):
         RunOptions(layout="coco")
+    with pytest.raises(ConfigError, match=r"--variants .*int4"):
+        RunOptions(variants="int8,int4")
+    with pytest.raises(ConfigError, match="--calibration-images"):
+        RunOptions(calibration_images=0)
+    with pytest.raises(ConfigError, match=r"--fidelity-min-agreement .*0\.99.*99"):
+        RunOptions(fidelity_min_agreement=99)
+    with pytest.raises(ConfigError, match="--fidelity-max-drop-pp"):
+        RunOptions(fidelity_max_drop_pp=-1)
 
 
 def test_precedence_flags_over_file_over_quick(tmp_path):

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from exports.export import build_metadata, export_onnx
+from exports.export import export_onnx
 from exports.fidelity import FidelityThresholds, compare_logits
 from exports.quantize import (
     Int8Settings,
@@ -25,7 +25,7 @@ from exports.runtime import METADATA_PREFIX, Classifier, parse_metadata, softmax
 from neu import NEU_CLASSES
 from neu.image import normalize
 from tests.conftest import run_without_torch, write_image
-from tests.test_export import tiny_model
+from tests.test_export import metadata, tiny_model
 
 SIZE = 32
 MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]
@@ -37,22 +37,10 @@ def pixels(n, seed):
 
 @pytest.fixture(scope="module")
 def fp32_path(tmp_path_factory) -> Path:
-    meta = build_metadata(
-        model_name="shufflenet_v2_x0_5",
-        classes=NEU_CLASSES,
-        image_size=SIZE,
-        channels=1,
-        mean=MEAN,
-        std=STD,
-        val_accuracy=0.5,
-        dataset_hash="d" * 64,
-        split_hash="s" * 64,
-        split={"seed": 0, "val_fraction": 0.5, "test_fraction": 0.0, "limit_per_class": None},
-        weights="none",
-    )
     out = tmp_path_factory.mktemp("quantize") / "shufflenet_v2_x0_5.onnx"
-    model = tiny_model(size=SIZE)
-    return export_onnx(model, out, metadata=meta, image_size=SIZE, exporter="torchscript")
+    meta = metadata(size=SIZE, mean=MEAN, std=STD)
+    return export_onnx(tiny_model(size=SIZE), out, metadata=meta, image_size=SIZE,
+                       exporter="torchscript")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
