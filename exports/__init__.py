@@ -3,6 +3,8 @@
 - `exports.export`  (torch) : build_metadata, export_onnx -> model.onnx with "neu_bench.*" metadata
 - `exports.parity`  (torch) : check_parity / assert_parity, ONNX Runtime vs PyTorch on every image
 - `exports.runtime` (NO torch): create_session, Classifier, collect_images - what a deployment runs
+- `exports.quantize` (NO torch): INT8 static QDQ and FP16 copies of an export, same metadata
+- `exports.fidelity` (NO torch): does a variant's output match FP32 torch (parity / accuracy rules)
 - `python -m exports predict|verify`
 
 Importing this package is cheap, torch-free and has no side effects: a deployment that only
