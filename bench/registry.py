@@ -16,6 +16,14 @@ import torch
 import torchvision
 from torch import nn
 
+from exports.checkpoint import (
+    NO_AUX,
+    head_parameter_names,
+    replace_head,
+    torchvision_model,
+)
+from exports.checkpoint import load_checkpoint as _load_checkpoint
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 # `--models all` means these: one classic residual net, one plain deep net, one densely
@@ -34,15 +42,6 @@ def register_model(name: str | None = None):
     return wrap
 
 
-# GoogLeNet and Inception v3 add auxiliary classifiers in train mode: their forward then
-# returns a tuple, not logits, and their heads have ImageNet's 1000 outputs. neu-bench trains
-# one head with one loss, so they are built without (as torchvision's pretrained models are
-# used for inference); init_weights=True keeps torchvision's initialisation, stated to
-# silence its warning.
-_NO_AUX = {"googlenet": {"aux_logits": False, "init_weights": True},
-           "inception_v3": {"aux_logits": False, "init_weights": True}}  # fmt: skip
-
-
 def min_image_size(name: str) -> int:
     """The smallest square input side `name` accepts, from torchvision's weights metadata
     (ViTs take exactly their built size: 224 px from scratch); 32 px at least."""
@@ -55,7 +54,7 @@ def min_image_size(name: str) -> int:
 
 def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
     def build(weights=None) -> nn.Module:
-        return torchvision.models.get_model(name, weights=weights, **_NO_AUX.get(name, {}))
+        return torchvision_model(name, weights=weights)
 
     build.__name__ = name
     build.__doc__ = f"torchvision.models.{name}"
@@ -117,39 +116,6 @@ def resolve_models(spec: str) -> list[str]:
     return names
 
 
-# --- heads -----------------------------------------------------------------------------------
-
-
-def _head(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The classifier: the last nn.Linear registered in the model.
-
-    That covers torchvision's conventions: `fc` (ResNet, ShuffleNet), `classifier` as a Linear
-    (DenseNet) or a Sequential ending in one (VGG, MobileNet, EfficientNet), `heads.head` (ViT).
-    """
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            last = (name, module)
-    if last is None:
-        raise ValueError(
-            f"{type(model).__name__} has no nn.Linear classifier head to replace; "
-            "pick a model with a Linear head (e.g. resnet50, vgg16_bn, densenet121)"
-        )
-    return last
-
-
-def head_parameter_names(model: nn.Module) -> set[str]:
-    name, head = _head(model)
-    return {f"{name}.{p}" for p, _ in head.named_parameters()}
-
-
-def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
-    name, old = _head(model)
-    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-    setattr(parent, name.rsplit(".", 1)[-1], nn.Linear(old.in_features, num_classes))
-    return model
-
-
 # --- weights ---------------------------------------------------------------------------------
 
 
@@ -201,7 +167,7 @@ def build_model(name: str, *, num_classes: int, weights: str = "none") -> nn.Mod
     model = builder(weights=None)
     if weights == "imagenet":
         state = fetch_imagenet_weights(name)
-        if name in _NO_AUX:  # built without the auxiliary heads: their weights have no home
+        if name in NO_AUX:  # built without the auxiliary heads: their weights have no home
             state = {
                 k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))
             }
@@ -251,17 +217,14 @@ def resolve_weights(name: str, requested: str) -> str:
     return requested
 
 
-# --- checkpoints -----------------------------------------------------------------------------
+# --- checkpoints ---------------------------------------------------------------------------
 
 
 def load_checkpoint(path: str | Path, *, map_location="cpu") -> tuple[nn.Module, dict]:
-    """A `best.pt` written by `bench run` -> (model in eval mode, its metadata)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; pass the best.pt of a bench run")
-    meta = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(meta, dict) or meta.get("format") != 1 or "state_dict" not in meta:
-        raise ValueError(f"{path} is not a neu-bench checkpoint (best.pt of a bench run)")
-    model = build_model(meta["model"], num_classes=meta["num_classes"], weights="none")
-    model.load_state_dict(meta["state_dict"])
-    return model.eval(), {k: v for k, v in meta.items() if k != "state_dict"}
+    """A `best.pt` written by `bench run` -> (model in eval mode, its metadata), rebuilt by this
+    registry (so a model added with `register_model` works too). The format: exports.checkpoint."""
+    return _load_checkpoint(
+        path,
+        map_location=map_location,
+        build=lambda name, n: build_model(name, num_classes=n, weights="none"),
+    )

@@ -26,6 +26,7 @@ from bench.config import Recipe
 from bench.data import Gather, Prefetcher, decide_placement, place_images
 from bench.distributed import Dist, wrap_model
 from bench.registry import build_model, head_parameter_names
+from exports.checkpoint import make_checkpoint
 from neu._io import atomic_path, atomic_write_json, atomic_write_text
 from neu.augment import eval_batch, train_batch
 
@@ -512,24 +513,23 @@ def train_one(
 
 def _checkpoint(name, seed, model, ctx: Context, weights, best) -> dict:
     s = ctx.split
-    return {
-        "format": 1,
-        "model": name,
-        "classes": ctx.classes,
-        "num_classes": len(ctx.classes),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "image_size": ctx.recipe.image_size,
-        "channels": int(ctx.dataset.channels),
-        "mean": [float(v) for v in s.mean],
-        "std": [float(v) for v in s.std],
-        "val_accuracy": best["val_accuracy"],
-        "dataset_hash": ctx.dataset.dataset_hash,
-        "split_hash": s.split_hash,
-        "split": s.info(),
-        "weights": weights,
-        "seed": seed,
-        "epoch": best["epoch"],
-    }
+    return make_checkpoint(
+        model,
+        model=name,
+        classes=ctx.classes,
+        num_classes=len(ctx.classes),
+        image_size=ctx.recipe.image_size,
+        channels=int(ctx.dataset.channels),
+        mean=[float(v) for v in s.mean],
+        std=[float(v) for v in s.std],
+        val_accuracy=best["val_accuracy"],
+        dataset_hash=ctx.dataset.dataset_hash,
+        split_hash=s.split_hash,
+        split=s.info(),
+        weights=weights,
+        seed=seed,
+        epoch=best["epoch"],
+    )
 
 
 def _steady_train_img_s(history: list[dict]) -> tuple[float, bool]:

@@ -198,7 +198,7 @@ def _checkpoint_parity(clf, checkpoint, pixels, labels, provider, threads, failu
     # torch only here: predict and the accuracy check above never need it.
     import torch
 
-    from bench.registry import load_checkpoint
+    from exports.checkpoint import load_checkpoint
     from exports.parity import check_parity
     from neu.image import normalize
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 LAYER = {"neu": 0, "exports": 1, "bench": 2}
 
@@ -32,11 +30,6 @@ def modules() -> dict[str, Path]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 open item: exports/verify.py still imports bench.registry.load_checkpoint; "
-    "the checkpoint format and model rebuilding must move to one module exports/ owns",
-)
 def test_no_back_edges_between_packages():
     back = [
         f"{mod} imports {imp}"
