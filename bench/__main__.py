@@ -143,8 +143,8 @@ def _run(args, console) -> int:
 
 
 def _speed(args, console) -> int:
-    from bench.measure import speed_command
     from bench.report import print_tables
+    from bench.speedcmd import speed_command
     from bench.ui import make_reporter
     from exports.runtime import ProviderUnavailableError
 

@@ -377,7 +377,7 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
 
         results["speed"] = measure_speed(results, out, ctx, opts, reporter)
         report.write_outputs(out, results)
-    from bench.measure import export_and_verify
+    from bench.exporting import export_and_verify
 
     export_and_verify(results, out, ctx, opts, reporter, contexts=contexts)
     results["updated"] = _now()

@@ -123,3 +123,22 @@ def load_checkpoint(
     model = make(blob["model"], blob["num_classes"])
     model.load_state_dict(blob["state_dict"])
     return model.eval(), {k: v for k, v in blob.items() if k != "state_dict"}
+
+
+def export_metadata(meta: dict, **figures) -> dict[str, str]:
+    """The neu_bench.* metadata of an ONNX export of the checkpoint whose metadata is `meta`.
+
+    Preprocessing and provenance come from the checkpoint itself (never defaults), so the
+    export preprocesses exactly as the network was trained. `figures` adds or overrides what
+    the checkpoint cannot know: test_accuracy / test_images (measured after it was saved),
+    val_accuracy of the row, or `weights` naming the file it came from.
+    """
+    from exports.export import build_metadata
+
+    fields = {
+        "model_name": meta["model"],
+        **{k: meta[k] for k in ("classes", "image_size", "channels", "mean", "std")},
+        **{k: meta[k] for k in ("dataset_hash", "split_hash", "split", "weights")},
+        "val_accuracy": meta.get("val_accuracy"),
+    }
+    return build_metadata(**{**fields, **figures})

@@ -1,0 +1,191 @@
+"""After measuring: which models to export, their ONNX files, the parity proof, and the
+recommended deployment artifact next to each (bench run --export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import report, speed
+from bench.measure import best_rows
+from bench.registry import load_checkpoint
+from exports.checkpoint import export_metadata
+
+
+def _batch1_latency(rows: list[dict], name: str, runtime: str = "torch") -> float | None:
+    for r in rows:
+        if (
+            r.get("model") == name
+            and r.get("runtime") == runtime
+            and r.get("batch_size") == 1
+            and r.get("precision") == "fp32"
+            and not r.get("max_batch")
+            and "latency_ms_p50" in r
+        ):
+            return r["latency_ms_p50"]
+    return None
+
+
+def select_exports(results: dict, how: str) -> tuple[list[str], str]:
+    """Models to export, and why. how: best | pareto | all | none | comma list."""
+    summary = report.summarize_models(results["rows"])
+    ok = [s["model"] for s in summary if s["accuracy_mean"] is not None]
+    if how == "none" or not ok:
+        return [], "none"
+    if how == "all":
+        return ok, "all"
+    if how not in ("best", "pareto"):
+        names = [n.strip() for n in how.split(",") if n.strip()]
+        missing = [n for n in names if n not in ok]
+        if missing:
+            raise ValueError(f"--export {how}: {missing} did not train successfully in this run")
+        return names, "requested"
+    acc = {s["model"]: s["accuracy_mean"] for s in summary if s["model"] in ok}
+    lat = {n: _batch1_latency(results["speed"], n) for n in ok}
+    best = max(ok, key=lambda n: (acc[n], -(lat[n] or 0)))
+    if how == "best" or any(v is None for v in lat.values()):
+        return [best], "best"
+    front = speed.pareto_front([(lat[n], acc[n]) for n in ok])
+    chosen = [best] + [ok[i] for i in front if ok[i] != best]
+    return chosen, "pareto"
+
+
+def export_and_verify(results: dict, out: Path, ctx, opts, reporter, contexts=None) -> None:
+    """contexts: fold -> Context (cross-validation); each export is checked on its own
+    fold's images."""
+    from exports.export import export_onnx
+    from exports.parity import check_parity
+
+    names, why = select_exports(results, opts.export)
+    results["export_selection"] = {"how": why, "models": names}
+    if not names:
+        return
+    best = best_rows(results)
+    results["exports"] = []
+    for name in names:
+        row = best[name]
+        rctx = (contexts or {}).get(row.get("fold"), ctx)
+        # Parity runs on every test image (data that chose nothing; val when there is no test
+        # split), exactly as evaluation fed them (fp32, CPU).
+        split = row.get("accuracy_split", "val")
+        idx = rctx.test_idx if split == "test" else rctx.val_idx
+        inputs = rctx.eval_inputs(idx).float().cpu().contiguous()
+        labels = rctx.labels[idx].cpu().numpy()
+        path = out / "exports" / f"{name}.onnx"
+        entry = {
+            "model": name,
+            "seed": row["seed"],
+            "fold": row.get("fold"),
+            "images": split,
+            "path": str(path.relative_to(out)),
+        }
+        try:
+            model, meta = load_checkpoint(out / row["checkpoint"])
+            metadata = export_metadata(
+                meta,
+                val_accuracy=row["val_accuracy"],
+                test_accuracy=row.get("test_accuracy"),
+                test_images=row.get("test_images"),
+            )
+            reporter.log(f"[{name}] exporting to {path}")
+            export_onnx(model, path, metadata=metadata, image_size=meta["image_size"])
+            entry["size_mb"] = speed.file_size_mb(path)
+            results["models"][name]["onnx_size_mb"] = entry["size_mb"]
+            reporter.log(f"[{name}] parity on {len(labels)} {split} images")
+            parity = check_parity(
+                model,
+                path,
+                inputs,
+                labels,
+                batch_sizes=(1, 32),
+                provider="cpu",
+                threads=opts.threads,
+            )
+            entry.update(parity.to_dict())
+            entry["path"] = str(path.relative_to(out))
+            entry["parity_passed"] = bool(parity.passed)
+            if not parity.passed:
+                reporter.warn(f"[{name}] PARITY FAILED: {'; '.join(parity.failures)}")
+            rec = (results.get("recommendation") or {}).get("by_model", {}).get(name)
+            if rec and rec.get("variant"):
+                entry["recommended"] = export_recommended(rec, name, out, path, results)
+                reporter.log(
+                    f"[{name}] recommended deployment: {rec['variant']} -> "
+                    f"{entry['recommended']['path']}"
+                )
+        except Exception as e:
+            entry.update(parity_passed=False, error=f"{type(e).__name__}: {e}")
+            reporter.warn(f"[{name}] export failed: {entry['error']}")
+        results["exports"].append(entry)
+    if opts.speed:
+        _plot(results, out)
+
+
+def export_recommended(rec: dict, name: str, out: Path, fp32_path: Path, results: dict) -> dict:
+    """Put the recommended variant's artifact next to the FP32 export, stamped with its figures.
+
+    INT8/FP16 copies come from the speed step (out/variants/<model>/), made from the same
+    checkpoint with the same metadata; the copy here adds the fidelity figures and the
+    variant name. Variants that run the FP32 file (ORT FP32, OpenVINO) stamp it instead; torch
+    variants ship the checkpoint, named in the entry.
+    """
+    import json
+
+    from bench.deployment import ARTIFACT_SUFFIX
+    from exports.quantize import update_metadata
+    from neu._io import atomic_write_bytes
+
+    artifact = rec["artifact"]
+    row = next(
+        r for r in results["deployment"] if r["model"] == name and r["variant"] == rec["variant"]
+    )
+    figures = {
+        k: row[k]
+        for k in (
+            "variant",
+            "runtime",
+            "precision",
+            "agreement",
+            "test_accuracy",
+            "accuracy_delta_pp",
+            "max_abs_logit_diff",
+            "fidelity_images",
+            "fidelity_source",
+            "fidelity_rule",
+            "latency_ms_p50",
+            "speedup_vs_torch_fp32",
+        )  # fmt: skip
+    }
+    figures["cpu_isa"] = results.get("environment", {}).get("cpu_isa_label")
+    if artifact not in ARTIFACT_SUFFIX:  # a torch variant: the checkpoint is the artifact
+        best = best_rows(results)[name]
+        return {"variant": rec["variant"], "path": best["checkpoint"], "kind": "checkpoint"}
+    dst = fp32_path.with_name(name + ARTIFACT_SUFFIX[artifact])
+    if dst != fp32_path:
+        src = out / "variants" / name / dst.name
+        atomic_write_bytes(dst, src.read_bytes())
+    update_metadata(
+        dst, {"fidelity": json.dumps(figures, sort_keys=True), "deployment_variant": rec["variant"]}
+    )
+    return {
+        "variant": rec["variant"],
+        "path": str(dst.relative_to(out)),
+        "kind": "onnx",
+        "precision": row["precision"],
+        "size_mb": speed.file_size_mb(dst),
+    }
+
+
+def _plot(results: dict, out: Path) -> None:
+    summary = {s["model"]: s for s in report.summarize_models(results["rows"])}
+    points = []
+    for r in results["speed"]:
+        if (
+            r.get("batch_size") == 1
+            and r.get("precision") == "fp32"
+            and "latency_ms_p50" in r
+            and summary.get(r["model"], {}).get("accuracy_mean") is not None
+        ):
+            points.append({**r, "val_accuracy": summary[r["model"]]["accuracy_mean"]})
+    if points:
+        speed.plot_accuracy_vs_latency(points, out / "accuracy_vs_latency.png")
+        results["plot"] = "accuracy_vs_latency.png"
