@@ -186,6 +186,16 @@ def _plot(results: dict, out: Path) -> None:
             and summary.get(r["model"], {}).get("accuracy_mean") is not None
         ):
             points.append({**r, "val_accuracy": summary[r["model"]]["accuracy_mean"]})
-    if points:
-        speed.plot_accuracy_vs_latency(points, out / "accuracy_vs_latency.png")
+    if not points:
+        return
+    split = report.headline_split(results["rows"])
+    what = "test accuracy" if split == "test" else "validation accuracy (picked the epoch)"
+    try:
+        speed.plot_accuracy_vs_latency(
+            points, out / "accuracy_vs_latency.png", ylabel=f"{what} (%, higher is better)"
+        )
         results["plot"] = "accuracy_vs_latency.png"
+    except Exception as e:  # a picture must never cost the run its numbers and exports
+        results.setdefault("plot_errors", []).append(
+            f"accuracy vs latency: {type(e).__name__}: {e}"
+        )

@@ -249,5 +249,8 @@ def recommend_into(results: dict, out: Path) -> None:
     if not rows:
         return
     results["recommendation"] = recommend(rows)
-    if plot_pareto(rows, out / "deployment_pareto.png"):
-        results["deployment_plot"] = "deployment_pareto.png"
+    try:
+        if plot_pareto(rows, out / "deployment_pareto.png"):
+            results["deployment_plot"] = "deployment_pareto.png"
+    except Exception as e:  # a picture must never cost the run its numbers and exports
+        results.setdefault("plot_errors", []).append(f"deployment Pareto: {type(e).__name__}: {e}")

@@ -227,8 +227,10 @@ def write_plots(out: Path, results: dict) -> dict:
         key = f"{r['model']} seed {r['seed']}"  # the key of results["evaluation"]
         name = f"confusion_{_slug(r['model'])}_seed{r['seed']}.png"
         m = json.loads(metrics.read_text())
-        acc = r.get("val_accuracy")
-        title = f"{key}: validation confusion matrix" + (
+        # metrics.json holds the headline split's matrix: test, or val without a test split.
+        split = "test" if r.get("accuracy_split") == "test" else "validation"
+        acc = r.get("test_accuracy") if split == "test" else r.get("val_accuracy")
+        title = f"{key}: {split} confusion matrix" + (
             f" (accuracy {100 * acc:.1f}%)" if acc is not None else ""
         )
         cm, classes = m["confusion_matrix"], m["classes"]

@@ -715,12 +715,14 @@ def markdown(results: dict) -> str:
     if results.get("exports"):
         parts += [
             "## ONNX exports and parity",
-            "Every validation image through PyTorch and ONNX Runtime at batch 1 and 32; passes "
-            "when every top-1 agrees and max |Δ logits| is within the tolerance.",
+            f"Every {'test' if headline_split(results['rows']) == 'test' else 'validation'} "
+            "image through PyTorch and ONNX Runtime at batch 1 and 32; passes when every "
+            "top-1 agrees and max |Δ logits| is within the tolerance.",
             _md_table(*exports_table_rows(results)),
         ]
-    if plots.get("errors"):
-        parts.append("Plots that could not be drawn: " + "; ".join(plots["errors"]))
+    errors = list(plots.get("errors") or []) + list(results.get("plot_errors") or [])
+    if errors:
+        parts.append("Plots that could not be drawn: " + "; ".join(errors))
     return "\n\n".join(parts) + "\n"
 
 

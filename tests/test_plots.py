@@ -179,3 +179,42 @@ def test_tiny_run_leaves_plots_embedded_in_report_md_and_html(tmp_path):
     assert "](latency_distribution.png)" in (out / "report.md").read_text()
     assert (out / latency).read_bytes() in _embedded_pngs((out / "report.html").read_text())
     assert "latency_ms_samples" not in (out / "speed.csv").read_text().splitlines()[0]
+
+
+def _cpu_variant_rows():
+    """Speed rows of one model as a CPU run with --variants all makes them: two torch fp32 rows
+    (contiguous and channels_last) that differ only by their variant."""
+    base = {"model": "shufflenet_v2_x1_0", "provider": "cpu", "precision": "fp32", "batch_size": 1}
+    return [
+        {**base, "variant": "torch_fp32", "runtime": "torch", "latency_ms_p50": 24.8},
+        {**base, "variant": "torch_channels_last_fp32", "runtime": "torch", "channels_last": True,
+         "latency_ms_p50": 17.6},
+        {**base, "variant": "ort_fp32", "runtime": "onnxruntime", "latency_ms_p50": 4.4},
+    ]  # fmt: skip
+
+
+def test_accuracy_vs_latency_tells_variants_of_one_runtime_apart(tmp_path):
+    """A CPU run's two torch fp32 variants once collided ('duplicated: ... (torch/cpu)') and the
+    error ended `bench run` after training, before its exports were recorded."""
+    from bench.speed import plot_accuracy_vs_latency
+
+    rows = [{**r, "val_accuracy": 0.96} for r in _cpu_variant_rows()]
+    path = plot_accuracy_vs_latency(rows, tmp_path / "p.png", ylabel="test accuracy (%)")
+    assert _png(path)[0] == "PNG"
+
+
+def test_a_plot_that_fails_is_recorded_and_the_export_step_goes_on(tmp_path, monkeypatch):
+    from bench import exporting
+
+    def boom(*a, **k):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(exporting.speed, "plot_accuracy_vs_latency", boom)
+    ok = {"status": "ok", "model": "shufflenet_v2_x1_0", "seed": 0, "accuracy_split": "test",
+          "test_accuracy": 0.96, "test_correct": 346, "test_images": 360, "val_accuracy": 0.94,
+          "val_loss": 0.2, "test_macro_f1": 0.96, "train_seconds": 600.0,
+          "pipeline_efficiency": 0.98, "train_img_s": 30.0}  # fmt: skip
+    results = {"rows": [ok], "speed": _cpu_variant_rows()}
+    exporting._plot(results, tmp_path)  # must not raise
+    assert results["plot_errors"] == ["accuracy vs latency: RuntimeError: no display"]
+    assert "plot" not in results

@@ -39,8 +39,8 @@ def plot_accuracy_vs_latency(
 
     rows: dicts with model, runtime, provider, latency_ms_p50, val_accuracy (a fraction in
     [0, 1] as stored in checkpoints; plotted in %; values > 1 are taken as already in %),
-    optionally precision and batch_size. Pass one row per model & runtime (normally the
-    batch-1 rows); duplicate labels raise ValueError. Written atomically as PNG.
+    optionally variant, precision and batch_size. Pass one row per model & runtime or variant
+    (normally the batch-1 rows); duplicate labels raise ValueError. Written atomically as PNG.
     Uses matplotlib's object API with the Agg canvas, so pyplot's global state is untouched.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -52,10 +52,13 @@ def plot_accuracy_vs_latency(
         raise ValueError("plot_accuracy_vs_latency() got no rows to plot")
     labels, lats, accs = [], [], []
     for r in rows:
-        label = f"{r['model']} ({r['runtime']}/{r['provider']}"
-        if r.get("precision", "fp32") != "fp32":
-            label += f"/{r['precision']}"
-        label += ")"
+        if r.get("variant"):  # deployment variants: two torch fp32 rows differ by variant
+            label = f"{r['model']} ({r['variant']})"
+        else:
+            label = f"{r['model']} ({r['runtime']}/{r['provider']}"
+            if r.get("precision", "fp32") != "fp32":
+                label += f"/{r['precision']}"
+            label += ")"
         labels.append(label)
         lats.append(float(r["latency_ms_p50"]))
         accs.append(float(r["val_accuracy"]))
