@@ -14,6 +14,7 @@ fidelity keeps its row (with its figures) but is never recommended.
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +135,19 @@ def measure_deployment(
         (v, Case(b, bs)) for v, b in backends.items() for bs in (LATENCY_BATCH, THROUGHPUT_BATCH)
     ]
     log(f"[{name}] timing {len(backends)} variants x 2 batch sizes, {rounds} interleaved rounds")
+    t0 = time.perf_counter()
+
+    def progress(r: int, case: Case) -> None:  # one line per round: large models take minutes
+        if case is named[0][1]:
+            log(f"[{name}] round {r + 1}/{rounds} ({time.perf_counter() - t0:.0f} s so far)")
+
     measured = run_interleaved(
-        [c for _, c in named], model=name, image_size=image_size, rounds=rounds, timing=timing
+        [c for _, c in named],
+        model=name,
+        image_size=image_size,
+        rounds=rounds,
+        timing=timing,
+        on_case=progress,
     )
     speed_rows = []
     by_case: dict[tuple[str, int], dict] = {}
