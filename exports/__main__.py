@@ -87,25 +87,42 @@ def predict(clf: Classifier, args) -> int:
             failed += "error" in r
             print(json.dumps(r), flush=True)
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(
-            title=f"{clf.info.model} ({clf.path.name}, {clf.info.precision}, {clf.provider})"
-        )
-        table.add_column("file", overflow="fold")  # wrap long paths instead of cutting them
-        table.add_column("class", overflow="fold")
-        table.add_column("confidence", justify="right", no_wrap=True)
-        for r in results:
-            if "error" in r:
-                failed += 1
-                table.add_row(r["file"], f"[red]error: {r['error']}[/red]", "")
-            else:
-                table.add_row(r["file"], r["class"], f"{r['confidence']:.4f}")
-        Console().print(table)
+        failed = _print_table(clf, results)
     if failed:
         print(f"{failed} of {len(images)} images could not be classified", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _print_table(clf: Classifier, results) -> int:
+    """A rich table where rich is installed; plain tab-separated lines where it is not (a
+    deployment needs onnxruntime, numpy and pillow only). Returns how many images failed."""
+    title = f"{clf.info.model} ({clf.path.name}, {clf.info.precision}, {clf.provider})"
+    rows, failed = [], 0
+    for r in results:
+        if "error" in r:
+            failed += 1
+            rows.append((r["file"], f"error: {r['error']}", ""))
+        else:
+            rows.append((r["file"], r["class"], f"{r['confidence']:.4f}"))
+    try:
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+    except ImportError:
+        print(title)
+        print("file\tclass\tconfidence")
+        for row in rows:
+            print("\t".join(row))
+        return failed
+    table = Table(title=title)
+    table.add_column("file", overflow="fold")  # wrap long paths instead of cutting them
+    table.add_column("class", overflow="fold")
+    table.add_column("confidence", justify="right", no_wrap=True)
+    for file, cls, conf in rows:
+        style = "red" if cls.startswith("error: ") and not conf else None
+        table.add_row(escape(file), escape(cls), conf, style=style)
+    Console().print(table)
+    return failed
 
 
 def _positive(text: str) -> int:

@@ -113,15 +113,16 @@ def export_plain_onnx(model, path: Path, image_size: int) -> Path:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_without_torch(args: list[str], tmp_path: Path, *, timeout=120):
-    """Run `python ARGS` in a process where importing torch or torchvision fails loudly.
+def run_without_torch(args: list[str], tmp_path: Path, *, timeout=120, also_block=()):
+    """Run `python ARGS` in a process where importing torch or torchvision (and the modules
+    in `also_block`) fails loudly.
 
     Returns (completed process, attempted) where `attempted` lists the blocked modules the
     code tried to import: a deployment path must leave it empty.
     """
     blocker = tmp_path / "no_torch"
     marker = tmp_path / "torch_import_attempted"
-    for name in ("torch", "torchvision"):
+    for name in ("torch", "torchvision", *also_block):
         (blocker / name).mkdir(parents=True, exist_ok=True)
         (blocker / name / "__init__.py").write_text(
             f"open({str(marker)!r}, 'a').write({name!r} + '\\n')\n"

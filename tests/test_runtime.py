@@ -272,6 +272,27 @@ def test_cli_predict_runs_without_torch(onnx_path, model, image_dir, tmp_path):
     assert [r["class"] for r in good] == torch_classes(model, [r["file"] for r in good])
 
 
+def test_cli_predict_table_needs_only_onnxruntime_numpy_pillow(
+    onnx_path, model, image_dir, tmp_path
+):
+    """Without torch and without rich (a line PC with onnxruntime only), the table is plain
+    text with the same classes; it once failed with ModuleNotFoundError: rich."""
+    proc, attempted = run_without_torch(
+        ["-m", "exports", "predict", str(onnx_path), str(image_dir)], tmp_path,
+        also_block=("rich",),
+    )  # fmt: skip
+    # rich is tried and found missing (the fallback ran); torch is never even tried.
+    assert attempted == ["rich"], f"{attempted}\n{proc.stderr}"
+    assert proc.returncode == 1, proc.stderr  # broken.bmp
+    lines = proc.stdout.splitlines()
+    assert lines[1] == "file\tclass\tconfidence"
+    rows = [line.split("\t") for line in lines[2:]]
+    good = [r for r in rows if not r[1].startswith("error: ")]
+    assert len(good) == 3 and len(rows) == 4
+    assert [r[1] for r in good] == torch_classes(model, [r[0] for r in good])
+    assert all(0 < float(r[2]) <= 1 for r in good)
+
+
 # --- verify --------------------------------------------------------------------------------
 
 
