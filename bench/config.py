@@ -188,7 +188,7 @@ class RunOptions:
     export: str = "pareto"
     """best | pareto (best + accuracy/latency Pareto front) | all | none | comma list of models."""
     speed: bool = True
-    """Measure throughput and latency (torch and ONNX Runtime) after training."""
+    """Measure latency and throughput after training: torch, ONNX Runtime and the --variants."""
     speed_min_seconds: float = 1.0
     """Each latency/throughput measurement runs at least this long..."""
     speed_min_iters: int = 20
