@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import report, speed
-from bench.measure import best_rows
+from bench.measure import best_rows, row_metadata
 from bench.registry import load_checkpoint
-from exports.checkpoint import export_metadata
 
 
 def _batch1_latency(rows: list[dict], name: str, runtime: str = "torch") -> float | None:
@@ -80,12 +79,7 @@ def export_and_verify(results: dict, out: Path, ctx, opts, reporter, contexts=No
         }
         try:
             model, meta = load_checkpoint(out / row["checkpoint"])
-            metadata = export_metadata(
-                meta,
-                val_accuracy=row["val_accuracy"],
-                test_accuracy=row.get("test_accuracy"),
-                test_images=row.get("test_images"),
-            )
+            metadata = row_metadata(meta, row)
             reporter.log(f"[{name}] exporting to {path}")
             export_onnx(model, path, metadata=metadata, image_size=meta["image_size"])
             entry["size_mb"] = speed.file_size_mb(path)

@@ -36,6 +36,17 @@ def best_rows(results: dict) -> dict[str, dict]:
     return best
 
 
+def row_metadata(meta: dict, row: dict) -> dict:
+    """The export metadata of a run row's checkpoint: its own preprocessing and provenance,
+    plus the figures measured after it was saved (the row's val and test accuracy)."""
+    return export_metadata(
+        meta,
+        val_accuracy=row["val_accuracy"],
+        test_accuracy=row.get("test_accuracy"),
+        test_images=row.get("test_images"),
+    )
+
+
 def _timing(opts) -> speed.Timing:
     return speed.Timing(min_seconds=opts.speed_min_seconds, min_iters=opts.speed_min_iters)
 
@@ -65,12 +76,7 @@ def measure_speed(results: dict, out: Path, ctx, opts, reporter) -> list[dict]:
                 export_onnx(
                     model,
                     onnx_path,
-                    metadata=export_metadata(
-                        meta,
-                        val_accuracy=row["val_accuracy"],
-                        test_accuracy=row.get("test_accuracy"),
-                        test_images=row.get("test_images"),
-                    ),
+                    metadata=row_metadata(meta, row),
                     image_size=meta["image_size"],
                 )
                 reporter.log(
