@@ -89,15 +89,7 @@ def dataset_record(ds, splits) -> dict:
         record["split_hash"] = _joint_hash(splits)
         record["manifest"] = [manifest_name(s) for s in splits]
         record["folds"] = [
-            {
-                "fold": s.fold,
-                "split_hash": s.split_hash,
-                "train_images": len(s.train),
-                "val_images": len(s.val),
-                "test_images": len(s.test),
-                "mean": [float(v) for v in s.mean],
-                "std": [float(v) for v in s.std],
-            }
+            {"fold": s.fold, "split_hash": s.split_hash, **_split_sizes(s), **_split_norm(s)}
             for s in splits
         ]
     return record
@@ -105,6 +97,18 @@ def dataset_record(ds, splits) -> dict:
 
 def _joint_hash(splits) -> str:
     return hashlib.sha256(":".join(s.split_hash for s in splits).encode()).hexdigest()
+
+
+def _split_sizes(split) -> dict:
+    return {
+        "train_images": len(split.train),
+        "val_images": len(split.val),
+        "test_images": len(split.test),
+    }
+
+
+def _split_norm(split) -> dict:
+    return {"mean": [float(v) for v in split.mean], "std": [float(v) for v in split.std]}
 
 
 def _dataset_record(ds, split) -> dict:
@@ -124,12 +128,9 @@ def _dataset_record(ds, split) -> dict:
             "test_fraction": split.test_fraction,
             "limit_per_class": split.limit_per_class,
             "folds": split.folds,
-            "train_images": len(split.train),
-            "val_images": len(split.val),
-            "test_images": len(split.test),
+            **_split_sizes(split),
         },
-        "mean": [float(v) for v in split.mean],
-        "std": [float(v) for v in split.std],
+        **_split_norm(split),
         "normalisation": "mean/std of the training split",
         "duplicates": ds.duplicates,
         "excluded": [{"file": p.file, "problem": p.problem} for p in ds.excluded],
