@@ -97,13 +97,13 @@ def _print_table(clf: Classifier, results) -> int:
     """A rich table where rich is installed; plain tab-separated lines where it is not (a
     deployment needs onnxruntime, numpy and pillow only). Returns how many images failed."""
     title = f"{clf.info.model} ({clf.path.name}, {clf.info.precision}, {clf.provider})"
-    rows, failed = [], 0
-    for r in results:
-        if "error" in r:
-            failed += 1
-            rows.append((r["file"], f"error: {r['error']}", ""))
-        else:
-            rows.append((r["file"], r["class"], f"{r['confidence']:.4f}"))
+    rows = [
+        (r["file"], f"error: {r['error']}", "", True)
+        if "error" in r
+        else (r["file"], r["class"], f"{r['confidence']:.4f}", False)
+        for r in results
+    ]
+    failed = sum(row[3] for row in rows)
     try:
         from rich.console import Console
         from rich.markup import escape
@@ -112,15 +112,14 @@ def _print_table(clf: Classifier, results) -> int:
         print(title)
         print("file\tclass\tconfidence")
         for row in rows:
-            print("\t".join(row))
+            print("\t".join(row[:3]))
         return failed
     table = Table(title=title)
     table.add_column("file", overflow="fold")  # wrap long paths instead of cutting them
     table.add_column("class", overflow="fold")
     table.add_column("confidence", justify="right", no_wrap=True)
-    for file, cls, conf in rows:
-        style = "red" if cls.startswith("error: ") and not conf else None
-        table.add_row(escape(file), escape(cls), conf, style=style)
+    for file, cls, conf, error in rows:
+        table.add_row(escape(file), escape(cls), conf, style="red" if error else None)
     Console().print(table)
     return failed
 
