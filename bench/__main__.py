@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument("--speed-min-seconds", type=float, default=1.0)
     speed.add_argument("--speed-min-iters", type=int, default=20)
     speed.add_argument(
+        "--speed-max-seconds",
+        type=float,
+        default=10.0,
+        help="a case stops after this long per round even below --speed-min-iters "
+        "(at least one sample)",
+    )
+    speed.add_argument(
         "--strict-providers",
         action="store_true",
         help="fail when a GPU provider cannot run every node instead of using the CPU for some",
@@ -155,6 +162,7 @@ def _speed(args, console) -> int:
         threads=args.threads,
         speed_min_seconds=args.speed_min_seconds,
         speed_min_iters=args.speed_min_iters,
+        speed_max_seconds=args.speed_max_seconds,
         speed_rounds=args.speed_rounds,
         strict_providers=args.strict_providers,
         variants=args.variants,

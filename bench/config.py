@@ -192,7 +192,11 @@ class RunOptions:
     speed_min_seconds: float = 1.0
     """Each latency/throughput measurement runs at least this long..."""
     speed_min_iters: int = 20
-    """...and at least this many iterations (after warm-up)."""
+    """...and at least this many iterations (after warm-up)..."""
+    speed_max_seconds: float = 10.0
+    """...but stops after this long per round even below --speed-min-iters (at least one
+    sample; warm-up stops after this long too): a batch-32 call of a large model takes
+    seconds on a CPU, and its throughput needs seconds of work, not 20 calls."""
     speed_rounds: int = 3
     """Rounds per speed measurement: every runtime is measured once per round, alternating, so
     ratios come from the same window; rows report the median over rounds and its spread."""
@@ -247,6 +251,12 @@ class RunOptions:
             self.speed_min_seconds >= 0, "speed_min_seconds", "must be >= 0", self.speed_min_seconds
         )
         _check(self.speed_min_iters >= 1, "speed_min_iters", "must be >= 1", self.speed_min_iters)
+        _check(
+            self.speed_max_seconds > 0 and self.speed_max_seconds >= self.speed_min_seconds,
+            "speed_max_seconds",
+            f"must be > 0 and >= --speed-min-seconds ({self.speed_min_seconds})",
+            self.speed_max_seconds,
+        )
         _check(
             self.data_placement in ("auto", "device", "host", "mmap"),
             "data_placement",

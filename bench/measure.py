@@ -48,7 +48,11 @@ def row_metadata(meta: dict, row: dict) -> dict:
 
 
 def _timing(opts) -> speed.Timing:
-    return speed.Timing(min_seconds=opts.speed_min_seconds, min_iters=opts.speed_min_iters)
+    return speed.Timing(
+        min_seconds=opts.speed_min_seconds,
+        min_iters=opts.speed_min_iters,
+        max_seconds=opts.speed_max_seconds,
+    )
 
 
 def measure_speed(results: dict, out: Path, ctx, opts, reporter) -> list[dict]:

@@ -312,8 +312,6 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
             recipe,
             device,
             deterministic=opts.deterministic,
-            speed_min_seconds=opts.speed_min_seconds,
-            speed_min_iters=opts.speed_min_iters,
             compile=opts.compile,
             data_placement=opts.data_placement,
             memory_budget_mb=opts.memory_budget_mb,

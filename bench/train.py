@@ -57,8 +57,6 @@ class Context:
     recipe: Recipe
     device: torch.device
     deterministic: bool = False
-    speed_min_seconds: float = 1.0
-    speed_min_iters: int = 20
     compile: bool = False
     data_placement: str = "auto"
     memory_budget_mb: float | None = None

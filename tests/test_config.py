@@ -98,6 +98,7 @@ def test_cli_rejects_bad_flags_before_any_work(capsys):
         (Recipe, {"folds": 0}, "(got 0)"),
         (Recipe, {"folds": 2, "val_fraction": 0.5}, "--folds"),
         (RunOptions, {"speed_min_seconds": -2.5}, "(got -2.5)"),
+        (RunOptions, {"speed_max_seconds": 0.5}, "--speed-max-seconds must be > 0 and >="),
         (RunOptions, {"speed_min_iters": -7}, "(got -7)"),
     ],
 )

@@ -128,12 +128,38 @@ def test_measure_max_seconds_caps_the_run():
     assert len(samples) == 3
 
 
+def test_measure_max_seconds_also_bounds_the_warm_up():
+    # A 4 s call (ResNet-50 at batch 32 on 2 AVX2 cores): 5 warm-up + 20 timed calls would be
+    # 100 s per case per round; with a 10 s cap it is 3 warm-up + 3 timed calls.
+    calls = []
+    samples = speed.measure(
+        lambda: calls.append(1),
+        warmup_iters=5,
+        min_seconds=1.0,
+        min_iters=20,
+        max_seconds=10.0,
+        clock=FakeClock(4.0, []),
+    )
+    assert len(samples) == 3 and len(calls) == 3 + 3
+    # ...and at least one warm-up call and one sample, however slow a call is.
+    calls.clear()
+    samples = speed.measure(
+        lambda: calls.append(1), warmup_iters=5, max_seconds=1.0, clock=FakeClock(30.0, [])
+    )
+    assert len(samples) == 1 and len(calls) == 2
+
+
+def test_timing_caps_every_case_by_default():
+    assert speed.Timing().max_seconds == 10.0
+
+
 def test_measure_real_clock_respects_both_minimums():
     samples = speed.measure(lambda: sum(range(100)), warmup_iters=0, min_seconds=0.02, min_iters=5)
     assert len(samples) >= 5 and sum(samples) >= 0.02
 
 
-def test_sync_is_called_before_every_clock_read():
+@pytest.mark.parametrize("max_seconds", [None, 100.0])
+def test_sync_is_called_before_every_clock_read(max_seconds):
     log: list[str] = []
     speed.measure(
         lambda: log.append("fn"),
@@ -141,13 +167,16 @@ def test_sync_is_called_before_every_clock_read():
         warmup_iters=2,
         min_seconds=0.0,
         min_iters=4,
+        max_seconds=max_seconds,
         clock=FakeClock(1.0, log),
     )
     reads = [i for i, e in enumerate(log) if e == "clock"]
-    assert len(reads) == 4 + 1  # start stamp + one per sample
+    # start stamp + one per sample (+ the capped warm-up's own stamps: start + one per call)
+    assert len(reads) == 4 + 1 + (0 if max_seconds is None else 1 + 2)
     assert all(log[i - 1] == "sync" for i in reads)
     # and every timed fn call is followed by a sync before its end stamp
-    assert log[:3] == ["fn", "fn", "sync"]
+    if max_seconds is None:
+        assert log[:3] == ["fn", "fn", "sync"]
 
 
 # ----------------------------------------------------------------------------- sizes

@@ -5,8 +5,11 @@
 - Warm-up iterations run first and are discarded (lazy init, cuDNN autotune, ORT arenas, TRT
   engine builds all happen there).
 - The timed run is time-bounded: keep iterating until BOTH `min_seconds` have elapsed AND
-  `min_iters` samples exist (optionally capped by `max_seconds`). A fixed iteration count would
-  give 20 ms of data for a fast model and minutes for a slow one.
+  `min_iters` samples exist, capped by `max_seconds` (warm-up too). A fixed iteration count
+  would give 20 ms of data for a fast model and minutes for a slow one: VGG-16 at batch 32
+  takes ~15 s a call on 2 AVX2 cores, so 5 warm-up + 20 timed calls were over 6 minutes per
+  case per round, most of a CPU `bench run`'s speed step. A throughput figure needs seconds
+  of work, not 20 calls; the rounds still give its spread.
 - `sync()` runs before every clock read (on CUDA torch.cuda.synchronize, timm's cuda_timestamp
   pattern), so a sample is the whole kernel run, not the launch.
 - Percentiles use ALL samples, no outlier removal (tails are part of the result), computed with
@@ -31,7 +34,7 @@ class Timing:
     warmup_iters: int = 5
     min_seconds: float = 1.0
     min_iters: int = 20
-    max_seconds: float | None = None
+    max_seconds: float | None = 10.0
 
 
 def summarize(samples_s: Sequence[float]) -> dict:
@@ -87,9 +90,10 @@ def measure(
 ) -> list[float]:
     """Call fn() repeatedly and return per-call latencies in seconds.
 
-    Warm-up calls first (not returned). Then the timed run keeps going until at least
-    `min_seconds` have elapsed AND at least `min_iters` calls were made; `max_seconds`, if
-    given, stops it early even below min_iters (at least one sample is always taken).
+    Warm-up calls first (not returned; at least one, and no more once they took
+    `max_seconds`). Then the timed run keeps going until at least `min_seconds` have elapsed
+    AND at least `min_iters` calls were made; `max_seconds`, if given, stops it early even
+    below min_iters (at least one sample is always taken).
     `sync()` (e.g. torch.cuda.synchronize) is called before EVERY clock read. Timestamps are
     contiguous (each sample ends where the next starts), so sum(samples) is exactly the timed
     wall time and throughput computed from it includes the loop's tiny Python overhead.
@@ -98,8 +102,15 @@ def measure(
     if min_iters < 1:
         raise ValueError(f"min_iters must be >= 1, got {min_iters}")
     do_sync = sync if sync is not None else _no_sync
+    if max_seconds is not None and warmup_iters > 0:
+        do_sync()
+        warm_start = clock()
     for _ in range(warmup_iters):
         fn()
+        if max_seconds is not None:
+            do_sync()
+            if clock() - warm_start >= max_seconds:
+                break
     do_sync()
     start = prev = clock()
     samples: list[float] = []
