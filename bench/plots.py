@@ -114,15 +114,6 @@ def plot_confusion(cm: list[list[int]], classes: list[str], path: str | Path, *,
     return fig
 
 
-def latency_label(row: dict) -> str:
-    label = f"{row['model']} · {row['runtime']}/{row['provider']}"
-    if row.get("precision", "fp32") != "fp32":
-        label += f" {row['precision']}"
-    if row.get("channels_last"):
-        label += " CL"
-    return label
-
-
 def plot_latency_distribution(rows: list[dict], path: str | Path, *, batch_size: int = 1):
     """Box plot of the kept latency samples of every runtime at `batch_size`, one box per row.
 
@@ -139,11 +130,13 @@ def plot_latency_distribution(rows: list[dict], path: str | Path, *, batch_size:
     ]
     if not rows:
         raise ValueError(f"no batch-{batch_size} speed rows with latency samples to plot")
-    rows = sorted(rows, key=lambda r: (r["model"], r["runtime"], r["provider"]))
+    from bench.speed.pareto import row_label
+
+    rows = sorted(rows, key=row_label)
     fig = _figure(9, 1.4 + 0.42 * len(rows))
     ax = fig.add_subplot()
     data = [r["latency_ms_samples"] for r in rows]
-    labels = [f"{latency_label(r)} (n={r['n']})" for r in rows]
+    labels = [f"{row_label(r)} (n={r['n']})" for r in rows]
     import matplotlib
 
     # matplotlib 3.10 renamed vert=False to orientation="horizontal" (and deprecates vert).

@@ -203,6 +203,24 @@ def test_accuracy_vs_latency_tells_variants_of_one_runtime_apart(tmp_path):
     assert _png(path)[0] == "PNG"
 
 
+def test_latency_boxes_and_the_pareto_plot_name_variants_alike(tmp_path):
+    """Eager and compiled torch fp32 were both 'torch/cpu' in the box plot while the Pareto
+    plot named the variant: one labeller serves both now."""
+    from bench.speed import plot_accuracy_vs_latency
+    from bench.speed.pareto import row_label
+
+    rows = [{**r, "n": 2, "latency_ms_samples": [r["latency_ms_p50"]] * 2}
+            for r in _cpu_variant_rows()]  # fmt: skip
+    rows.append({**rows[0], "variant": "torch_compile_fp32", "latency_ms_p50": 15.0})
+    fig = plots.plot_latency_distribution(rows, tmp_path / "lat.png")
+    boxes = [t.get_text().rsplit(" (n=", 1)[0] for t in fig.axes[0].get_yticklabels()]
+    assert len(set(boxes)) == len(rows)
+    assert "shufflenet_v2_x1_0 · torch_compile_fp32" in boxes
+    assert sorted(boxes) == sorted(row_label(r) for r in rows)
+    # the Pareto plot refuses duplicated labels: the same rows plot there too
+    plot_accuracy_vs_latency([{**r, "val_accuracy": 0.96} for r in rows], tmp_path / "p.png")
+
+
 def test_a_plot_that_fails_is_recorded_and_the_export_step_goes_on(tmp_path, monkeypatch):
     from bench import exporting
 

@@ -28,6 +28,21 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: (points[i][0], -points[i][1], i))
 
 
+def row_label(row: dict) -> str:
+    """How every plot names a speed row. A deployment variant by its name: a CPU run has
+    several torch fp32 rows (eager, channels_last, compiled) that runtime/provider/precision
+    cannot tell apart. Other rows by runtime/provider, precision unless fp32, CL for
+    channels_last."""
+    if row.get("variant"):
+        return f"{row['model']} · {row['variant']}"
+    label = f"{row['model']} · {row['runtime']}/{row['provider']}"
+    if row.get("precision", "fp32") != "fp32":
+        label += f" {row['precision']}"
+    if row.get("channels_last"):
+        label += " CL"
+    return label
+
+
 def plot_accuracy_vs_latency(
     rows: Sequence[dict],
     path: str | Path,
@@ -52,14 +67,7 @@ def plot_accuracy_vs_latency(
         raise ValueError("plot_accuracy_vs_latency() got no rows to plot")
     labels, lats, accs = [], [], []
     for r in rows:
-        if r.get("variant"):  # deployment variants: two torch fp32 rows differ by variant
-            label = f"{r['model']} ({r['variant']})"
-        else:
-            label = f"{r['model']} ({r['runtime']}/{r['provider']}"
-            if r.get("precision", "fp32") != "fp32":
-                label += f"/{r['precision']}"
-            label += ")"
-        labels.append(label)
+        labels.append(row_label(r))
         lats.append(float(r["latency_ms_p50"]))
         accs.append(float(r["val_accuracy"]))
     dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
