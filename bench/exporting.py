@@ -48,14 +48,24 @@ def select_exports(results: dict, how: str) -> tuple[list[str], str]:
     return chosen, "pareto"
 
 
-def export_and_verify(results: dict, out: Path, ctx, opts, reporter, contexts=None) -> None:
+def export_and_verify(
+    results: dict, out: Path, ctx, opts, reporter, contexts=None, staged=None
+) -> None:
     """contexts: fold -> Context (cross-validation); each export is checked on its own
-    fold's images."""
+    fold's images. staged: model -> the ONNX file the speed step of this invocation exported
+    from the same checkpoint with the same metadata; it is moved here instead of exported
+    again, and the unexported ones are deleted (they were the speed step's working files)."""
+    import os
+
     from exports.export import export_onnx
     from exports.parity import check_parity
 
+    staged = staged or {}
     names, why = select_exports(results, opts.export)
     results["export_selection"] = {"how": why, "models": names}
+    for name, src in staged.items():
+        if name not in names:
+            src.unlink(missing_ok=True)
     if not names:
         return
     best = best_rows(results)
@@ -79,9 +89,14 @@ def export_and_verify(results: dict, out: Path, ctx, opts, reporter, contexts=No
         }
         try:
             model, meta = load_checkpoint(out / row["checkpoint"])
-            metadata = row_metadata(meta, row)
-            reporter.log(f"[{name}] exporting to {path}")
-            export_onnx(model, path, metadata=metadata, image_size=meta["image_size"])
+            if name in staged and staged[name].is_file():
+                reporter.log(f"[{name}] {path}: the speed step's export of this checkpoint")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged[name], path)  # one filesystem (both under out): atomic
+            else:
+                reporter.log(f"[{name}] exporting to {path}")
+                metadata = row_metadata(meta, row)
+                export_onnx(model, path, metadata=metadata, image_size=meta["image_size"])
             entry["size_mb"] = speed.file_size_mb(path)
             results["models"][name]["onnx_size_mb"] = entry["size_mb"]
             reporter.log(f"[{name}] parity on {len(labels)} {split} images")

@@ -55,61 +55,58 @@ def _timing(opts) -> speed.Timing:
     )
 
 
-def measure_speed(results: dict, out: Path, ctx, opts, reporter) -> list[dict]:
+def measure_speed(results: dict, out: Path, ctx, opts, reporter, staged=None) -> list[dict]:
     """Training row + every inference row of each model's best seed.
 
-    The checkpoint is exported to a temporary ONNX file so that torch and ONNX Runtime are
-    measured in the same interleaved rounds (bench.speed.driver), minutes apart no more.
+    The checkpoint is exported to ONNX first (out/variants/<model>/<model>.onnx, where its
+    INT8/FP16 copies are made) so that torch and ONNX Runtime are measured in the same
+    interleaved rounds (bench.speed.driver), minutes apart no more. staged: model -> that
+    file, for the export step to move into exports/ rather than export the same checkpoint
+    with the same metadata a second time (a minute per large model on a CPU).
     """
-    import tempfile
-
     from exports.export import export_onnx
 
     rows = []
     results["deployment"] = []
     providers = ("cpu", "cuda", "tensorrt") if ctx.device.type == "cuda" else ("cpu",)
-    with tempfile.TemporaryDirectory(prefix="neu-bench-speed-") as tmp:
-        for name, row in best_rows(results).items():
-            rows.append(training_row(row, ctx))
-            ckpt = out / row["checkpoint"]
-            results["models"][name]["checkpoint_size_mb"] = speed.file_size_mb(ckpt)
-            model, meta = load_checkpoint(ckpt)
-            try:
-                onnx_path = Path(tmp) / f"{name}.onnx"
-                reporter.log(f"[{name}] exporting a temporary ONNX file for the speed rounds")
-                export_onnx(
-                    model,
-                    onnx_path,
-                    metadata=row_metadata(meta, row),
-                    image_size=meta["image_size"],
-                )
-                reporter.log(
-                    f"[{name}] measuring deployment variants ({opts.variants}) on "
-                    f"{ctx.device}, {opts.speed_rounds} interleaved rounds"
-                )
-                speed_rows, dep_rows, notes = measure_model(
-                    model,
-                    name=name,
-                    onnx_path=onnx_path,
-                    out=out,
-                    image_size=ctx.recipe.image_size,
-                    device=ctx.device,
-                    providers=providers,
-                    gpu_rows=ctx.device.type == "cuda",
-                    opts=opts,
-                    calibration=_train_calibration(ctx, opts),
-                    fidelity=_fidelity_images(ctx),
-                    log=reporter.log,
-                )
-                for note in notes:  # GPU provider not really usable: say so, never mislabel
-                    reporter.log(note)
-                rows += speed_rows
-                results["deployment"] += dep_rows
-            except Exception as e:  # a speed failure is recorded, never fatal to the results
-                rows.append(
-                    {"model": name, "runtime": "torch", "error": f"{type(e).__name__}: {e}"}
-                )
-            del model
+    for name, row in best_rows(results).items():
+        rows.append(training_row(row, ctx))
+        ckpt = out / row["checkpoint"]
+        results["models"][name]["checkpoint_size_mb"] = speed.file_size_mb(ckpt)
+        model, meta = load_checkpoint(ckpt)
+        try:
+            onnx_path = out / "variants" / name / f"{name}.onnx"
+            reporter.log(f"[{name}] exporting to ONNX for the speed rounds ({onnx_path})")
+            export_onnx(
+                model, onnx_path, metadata=row_metadata(meta, row), image_size=meta["image_size"]
+            )
+            if staged is not None:
+                staged[name] = onnx_path
+            reporter.log(
+                f"[{name}] measuring deployment variants ({opts.variants}) on "
+                f"{ctx.device}, {opts.speed_rounds} interleaved rounds"
+            )
+            speed_rows, dep_rows, notes = measure_model(
+                model,
+                name=name,
+                onnx_path=onnx_path,
+                out=out,
+                image_size=ctx.recipe.image_size,
+                device=ctx.device,
+                providers=providers,
+                gpu_rows=ctx.device.type == "cuda",
+                opts=opts,
+                calibration=_train_calibration(ctx, opts),
+                fidelity=_fidelity_images(ctx),
+                log=reporter.log,
+            )
+            for note in notes:  # GPU provider not really usable: say so, never mislabel
+                reporter.log(note)
+            rows += speed_rows
+            results["deployment"] += dep_rows
+        except Exception as e:  # a speed failure is recorded, never fatal to the results
+            rows.append({"model": name, "runtime": "torch", "error": f"{type(e).__name__}: {e}"})
+        del model
     results["speed_ratios"] = speed.speedup(rows)
     recommend_into(results, out)
     return rows

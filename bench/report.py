@@ -752,13 +752,33 @@ def training_notes(results: dict) -> list[str]:
         )
     sw = results.get("sweep") or {}
     if sw:
-        notes.append(
-            f"Sweep wall time (this invocation): expected {_minutes(sw.get('train_seconds_expected'))}"
-            f" of training ({sw.get('expected_from', 'no estimate: too few batches')}); actual "
-            f"{_minutes(sw.get('train_seconds_actual'))} of training (with per-epoch "
-            f"evaluation), {_minutes(sw.get('seconds_actual'))} for the whole command."
-        )
+        notes.append(sweep_note(sw))
     return notes
+
+
+def sweep_note(sw: dict) -> str:
+    """The sweep's wall time in this invocation: expected training against actual, and where
+    the rest of the command's time went."""
+    earlier = sw.get("runs_finished_earlier") or 0
+    if sw.get("runs") and sw.get("runs_trained") == 0:
+        expected = (
+            f"nothing to train: all {sw['runs']} runs finished in an earlier invocation "
+            "(their own training times are in the rows)"
+        )
+    else:
+        why = sw.get("expected_from", "no estimate: too few batches")
+        expected = f"expected {_minutes(sw.get('train_seconds_expected'))} of training ({why})"
+        if earlier:
+            expected += f"; {earlier} of {sw['runs']} runs had finished in an earlier invocation"
+    phases = [f"{_minutes(sw.get('train_seconds_actual'))} of training (with per-epoch evaluation)"]
+    if sw.get("speed_seconds_actual") is not None:
+        phases.append(f"{_minutes(sw['speed_seconds_actual'])} of speed and deployment variants")
+    if sw.get("export_seconds_actual") is not None:
+        phases.append(f"{_minutes(sw['export_seconds_actual'])} of export and parity")
+    return (
+        f"Sweep wall time (this invocation): {expected}. Actual: {', '.join(phases)}; "
+        f"{_minutes(sw.get('seconds_actual'))} for the whole command."
+    )
 
 
 def _cell(v) -> str:

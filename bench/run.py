@@ -326,16 +326,36 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
         )
     reporter.log(f"data placement: {ctx.placement} ({ctx.placement_reason})")
     results["data_placement"] = ctx.placement_record()
-    # One run per model x seed x fold.
-    reporter.estimate = _estimator(model_info, names, len(seeds) * len(splits), results["sweep"])
+
+    # One run per model x seed x fold. Without cross-validation the folder stays
+    # <model>/seed<k> (older runs resume); a run with metrics.json finished earlier.
+    def run_folder(n, seed, fold) -> Path:
+        return Path(n) / f"seed{seed}" / ("" if fold is None else f"fold{fold}")
+
+    to_train = {
+        n: sum(
+            not (out / run_folder(n, s, f) / "metrics.json").exists()
+            for s in seeds
+            for f in contexts
+        )
+        for n in names
+    }
+    runs = len(names) * len(seeds) * len(splits)
+    results["sweep"].update(
+        runs=runs, runs_finished_earlier=runs - sum(to_train.values()), runs_trained=0
+    )
+    if not any(to_train.values()):
+        reporter.log("every run finished in an earlier invocation: nothing to train")
+    reporter.estimate = _estimator(model_info, to_train, results["sweep"])
     reporter.start_sweep(len(names) * len(seeds) * len(splits))
     train_started = time.perf_counter()
     for n in names:
         for seed in seeds:
             for fold, fold_ctx in contexts.items():
-                # Without cross-validation the folder stays <model>/seed<k> (older runs resume).
-                rel = Path(n) / f"seed{seed}" / ("" if fold is None else f"fold{fold}")
+                rel = run_folder(n, seed, fold)
                 folder = out / rel
+                if not (folder / "metrics.json").exists():
+                    results["sweep"]["runs_trained"] += 1
                 try:
                     row = train_one(
                         n,
@@ -371,14 +391,19 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
 
     if not d.is_main:  # speed, export and the report are rank 0's, without collectives
         return results, 0
+    staged: dict[str, Path] = {}  # model -> ONNX file the speed step exported (see there)
     if opts.speed:
         from bench.measure import measure_speed
 
-        results["speed"] = measure_speed(results, out, ctx, opts, reporter)
+        t = time.perf_counter()
+        results["speed"] = measure_speed(results, out, ctx, opts, reporter, staged)
+        results["sweep"]["speed_seconds_actual"] = time.perf_counter() - t
         report.write_outputs(out, results)
     from bench.exporting import export_and_verify
 
-    export_and_verify(results, out, ctx, opts, reporter, contexts=contexts)
+    t = time.perf_counter()
+    export_and_verify(results, out, ctx, opts, reporter, contexts=contexts, staged=staged)
+    results["sweep"]["export_seconds_actual"] = time.perf_counter() - t
     results["updated"] = _now()
     results["sweep"]["seconds_actual"] = time.perf_counter() - started
     failed = [r for r in results["rows"] if r["status"] != "ok"]
@@ -394,20 +419,22 @@ def _device_name(device: torch.device, env: dict) -> str:
     return env.get("cpu") or "cpu"
 
 
-def _estimator(model_info: dict, names: list[str], runs_per_model: int, record: dict):
+def _estimator(model_info: dict, to_train: dict[str, int], record: dict):
     """After a model's first batches: its time, and the sweep's, scaled by GFLOPs.
 
+    to_train: model -> runs (seeds x folds) this invocation still has to train; runs that
+    finished in an earlier invocation cost nothing (a run resumed mid-way is counted whole).
     The first estimate of this invocation goes into `record` (results.json `sweep`) so the
     report can set it beside the wall time actually taken.
     """
 
     def estimate(name, seconds_per_batch, batches, epochs):
         this = seconds_per_batch * batches * epochs
-        flops = {n: model_info[n]["gflops"] for n in names if model_info[n]["gflops"]}
+        flops = {n: model_info[n]["gflops"] for n in to_train if model_info[n]["gflops"]}
         if name not in flops:
             return f"estimate: {name} ~{this / 60:.1f} min per run"
         per_gflop = this / flops[name]
-        total = sum(per_gflop * f for f in flops.values()) * runs_per_model
+        total = sum(per_gflop * f * to_train[n] for n, f in flops.items())
         if "train_seconds_expected" not in record:
             record.update(
                 train_seconds_expected=total,

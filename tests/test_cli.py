@@ -46,6 +46,11 @@ def test_quick_run_is_labelled_and_exports_with_parity(tmp_path, capsys):
     (exp,) = results["exports"]
     for key in ("model", "path", "parity_passed", "max_abs_diff", "top1_disagreements", "provider"):
         assert key in exp
+    # The speed step's ONNX file became the export: the checkpoint was exported once.
+    assert "the speed step's export of this checkpoint" in printed
+    assert not (out / "variants" / "shufflenet_v2_x0_5" / "shufflenet_v2_x0_5.onnx").exists()
+    sweep = results["sweep"]
+    assert sweep["speed_seconds_actual"] > 0 and sweep["export_seconds_actual"] > 0
     assert exp["parity_passed"] and exp["top1_disagreements"] == 0
     # parity runs on the test images (data that chose nothing)
     assert exp["images"] == "test"
@@ -197,3 +202,22 @@ def test_bench_speed_refuses_a_gpu_provider_that_falls_back(tmp_path, capsys):
     assert "cuda" in out.lower() and "CPUExecutionProvider" in out
     assert main(["speed", "--ort-providers", "gpu", "--out", str(tmp_path)]) == 2
     assert "choose from" in capsys.readouterr().out
+
+
+def test_speed_step_files_of_models_not_exported_are_deleted(tmp_path):
+    from types import SimpleNamespace
+
+    from bench import exporting
+
+    staged = tmp_path / "variants" / "m" / "m.onnx"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(b"onnx")
+    ok = {"status": "ok", "model": "m", "seed": 0, "accuracy_split": "test",
+          "test_accuracy": 0.9, "test_correct": 9, "test_images": 10, "val_accuracy": 0.9,
+          "val_loss": 0.3, "test_macro_f1": 0.9, "train_seconds": 1.0,
+          "pipeline_efficiency": 0.9, "train_img_s": 10.0}  # fmt: skip
+    results = {"rows": [ok], "speed": []}
+    opts = SimpleNamespace(export="none", speed=False)
+    exporting.export_and_verify(results, tmp_path, None, opts, None, staged={"m": staged})
+    assert results["export_selection"] == {"how": "none", "models": []}
+    assert not staged.exists()  # a working file of the speed step, not an export

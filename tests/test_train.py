@@ -82,6 +82,8 @@ def test_run_writes_every_output(finished):
     assert row["compile"] is False and row["compile_error"] is None
     sweep = on_disk["sweep"]
     assert 0 < sweep["train_seconds_actual"] <= sweep["seconds_actual"]
+    assert (sweep["runs"], sweep["runs_trained"], sweep["runs_finished_earlier"]) == (1, 1, 0)
+    assert 0 <= sweep["export_seconds_actual"] <= sweep["seconds_actual"]
     assert row["fold"] is None and row["accuracy_split"] == "test"
     assert 0 <= row["val_accuracy"] <= 1
     # default split 70/10/20 of 10 images per class: 1 val and 2 test images per class
@@ -239,6 +241,14 @@ def test_interrupted_run_resumes_to_identical_results(data, finished, tmp_path):
     assert _metrics(resumed) == _metrics(uninterrupted)
     with open(tmp_path / MODEL / "seed0" / "history.csv") as f:
         assert len(list(csv.DictReader(f))) == 3
+    assert (resumed["sweep"]["runs_trained"], resumed["sweep"]["runs_finished_earlier"]) == (1, 0)
+    # Once more: nothing left to train, and the report says so instead of "no estimate".
+    again, code = bench_run.run(tiny_recipe(), tiny_opts(data, tmp_path), NullReporter())
+    assert code == 0 and _metrics(again) == _metrics(uninterrupted)
+    assert (again["sweep"]["runs_trained"], again["sweep"]["runs_finished_earlier"]) == (0, 1)
+    report_md = (tmp_path / "report.md").read_text()
+    assert "nothing to train: all 1 runs finished in an earlier invocation" in report_md
+    assert "no estimate" not in report_md
 
 
 def _cli(data, out, epochs):
@@ -318,13 +328,23 @@ def test_pipeline_efficiency_splits_the_real_steps_into_data_and_compute(
 def test_sweep_estimate_is_recorded_once_and_scaled_by_gflops():
     info = {"a": {"gflops": 1.0}, "b": {"gflops": 3.0}}
     record = {}
-    estimate = bench_run._estimator(info, ["a", "b"], 2, record)
+    estimate = bench_run._estimator(info, {"a": 2, "b": 2}, record)
     text = estimate("a", 2.0, 10, 3)  # 60 s for a; b has 3x the FLOPs; two seeds each
     assert "whole sweep ~8 min" in text
     assert record["train_seconds_expected"] == pytest.approx((60 + 180) * 2)
     estimate("b", 100.0, 10, 3)  # later models refine the log line, not the start-of-run figure
     assert record["train_seconds_expected"] == pytest.approx(480)
     assert record["expected_from"].startswith("a: 2.000 s per batch")
+
+
+def test_sweep_estimate_leaves_out_runs_finished_earlier():
+    # A resumed sweep whose "b" runs are done: only a's two runs remain (120 s), not 480 s.
+    record = {}
+    estimate = bench_run._estimator(
+        {"a": {"gflops": 1.0}, "b": {"gflops": 3.0}}, {"a": 2, "b": 0}, record
+    )
+    estimate("a", 2.0, 10, 3)
+    assert record["train_seconds_expected"] == pytest.approx(120)
 
 
 def test_without_test_split_the_report_says_optimistic(data, tmp_path):
