@@ -4,8 +4,9 @@
 #
 #   bash scripts/amx_proof.sh DATA_DIR OUT_DIR [STEPS]
 #
-# STEPS (default "trainspeed fidelity sweep"), each logged to OUT_DIR/<step>.log, its exit
-# code and wall time in OUT_DIR/summary.txt; a failing step does not stop the next:
+# STEPS (default "fidelity sweep trainspeed": the two never measured yet first), each logged
+# to OUT_DIR/<step>.log, its exit code and wall time in OUT_DIR/summary.txt; a failing step
+# does not stop the next:
 #   trainspeed  `bench train-speed`: the four models, fp32 vs auto (bf16 here), same process,
 #               the ratio per model (goal: ResNet-50, DenseNet, VGG >= 2.5x).         ~15 min
 #   fidelity    ShuffleNetV2, 15 epochs from scratch, --amp off and --amp auto on the same
@@ -21,7 +22,7 @@ cd "$(dirname "$0")/.."
 
 DATA=${1:?usage: amx_proof.sh DATA_DIR OUT_DIR [STEPS]}
 OUTDIR=${2:?usage: amx_proof.sh DATA_DIR OUT_DIR [STEPS]}
-STEPS=${3:-trainspeed fidelity sweep}
+STEPS=${3:-fidelity sweep trainspeed}
 PY=${PYTHON:-python}
 EXTRA=${EXTRA:-}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -52,6 +53,17 @@ for s in $STEPS; do
     trainspeed)
         step trainspeed $PY -m bench train-speed --models all --precisions fp32,auto \
             --steps 4 --warmup-steps 1 --device cpu --out "$OUTDIR/trainspeed.json" ${TS_EXTRA:-}
+        $PY - "$OUTDIR/trainspeed.json" <<'EOF' | tee -a "$SUMMARY"
+import json, sys
+
+res = json.loads(open(sys.argv[1]).read())
+print("train-speed,", res["environment"].get("cpu_isa_label"), "(goal: auto >= 2.5x fp32 for "
+      "resnet50, densenet121, vgg16_bn)")
+for r in res["rows"]:
+    print(f"  {r['model']} {r['variant']} ({r['precision']}): {r['train_img_s'] or 0:.2f} img/s, "
+          f"{r['vs_fp32'] or 0:.2f}x fp32, contention {r['cpu_contention_pct']}%"
+          + (f", error {r['error']}" if r["error"] else ""))
+EOF
         ;;
     fidelity)
         for amp in off auto; do
