@@ -443,7 +443,7 @@ def _estimator(model_info: dict, to_train: dict[str, int], record: dict):
             )
         return (
             f"estimate: {name} ~{this / 60:.1f} min per run; whole sweep "
-            f"~{total / 60:.0f} min (scaled by GFLOPs, training only)"
+            f"~{total / 60:.{1 if total < 600 else 0}f} min (scaled by GFLOPs, training only)"
         )
 
     return estimate
