@@ -549,8 +549,9 @@ def markdown(results: dict) -> str:
     parts = [f"# neu-bench {results.get('kind', 'run')}: {results.get('name', '')}"]
     if quick:
         parts.append(
-            "> **QUICK PRESET**: a stratified subset, small images, few epochs. A first look, "
-            "not a benchmark result."
+            "> **QUICK PRESET**: a stratified subset, small images, few epochs, deployment "
+            f"variants: {(results.get('run') or {}).get('variants', '?')}. A first look, not a "
+            "benchmark result."
         )
     parts.append(
         f"Created {results.get('created')} on **{env.get('device', '?')}** "

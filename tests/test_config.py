@@ -60,6 +60,7 @@ def test_precedence_flags_over_file_over_quick(tmp_path):
     assert recipe.epochs == 3  # flag beats file
     assert recipe.batch_size == 16  # file
     assert recipe.image_size == 64 and recipe.limit_per_class == 20  # quick preset
+    assert run.variants == "int8"  # a first look skips the compile/OpenVINO/fp16 variants
     assert run.seed_list == [0, 1]
 
 
