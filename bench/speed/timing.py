@@ -90,8 +90,8 @@ def measure(
 ) -> list[float]:
     """Call fn() repeatedly and return per-call latencies in seconds.
 
-    Warm-up calls first (not returned; at least one, and no more once they took
-    `max_seconds`). Then the timed run keeps going until at least `min_seconds` have elapsed
+    Warm-up calls first (not returned; with `max_seconds`, no more once they took that
+    long). Then the timed run keeps going until at least `min_seconds` have elapsed
     AND at least `min_iters` calls were made; `max_seconds`, if given, stops it early even
     below min_iters (at least one sample is always taken).
     `sync()` (e.g. torch.cuda.synchronize) is called before EVERY clock read. Timestamps are
