@@ -327,35 +327,28 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
     reporter.log(f"data placement: {ctx.placement} ({ctx.placement_reason})")
     results["data_placement"] = ctx.placement_record()
 
-    # One run per model x seed x fold. Without cross-validation the folder stays
-    # <model>/seed<k> (older runs resume); a run with metrics.json finished earlier.
-    def run_folder(n, seed, fold) -> Path:
-        return Path(n) / f"seed{seed}" / ("" if fold is None else f"fold{fold}")
-
+    # One run per model x seed x fold; a run whose folder has metrics.json finished earlier
+    # (train_one then reads its row back instead of training).
     to_train = {
         n: sum(
-            not (out / run_folder(n, s, f) / "metrics.json").exists()
+            not (out / _run_folder(n, s, f) / "metrics.json").exists()
             for s in seeds
             for f in contexts
         )
         for n in names
     }
-    runs = len(names) * len(seeds) * len(splits)
-    results["sweep"].update(
-        runs=runs, runs_finished_earlier=runs - sum(to_train.values()), runs_trained=0
-    )
-    if not any(to_train.values()):
+    runs, trained = len(names) * len(seeds) * len(splits), sum(to_train.values())
+    results["sweep"].update(runs=runs, runs_trained=trained, runs_finished_earlier=runs - trained)
+    if not trained:
         reporter.log("every run finished in an earlier invocation: nothing to train")
     reporter.estimate = _estimator(model_info, to_train, results["sweep"])
-    reporter.start_sweep(len(names) * len(seeds) * len(splits))
+    reporter.start_sweep(runs)
     train_started = time.perf_counter()
     for n in names:
         for seed in seeds:
             for fold, fold_ctx in contexts.items():
-                rel = run_folder(n, seed, fold)
+                rel = _run_folder(n, seed, fold)
                 folder = out / rel
-                if not (folder / "metrics.json").exists():
-                    results["sweep"]["runs_trained"] += 1
                 try:
                     row = train_one(
                         n,
@@ -411,6 +404,12 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
     results["status"] = "ok" if not failed and not parity_failed else "failed"
     report.write_outputs(out, results, final=True)
     return results, 1 if failed or parity_failed else 0
+
+
+def _run_folder(model: str, seed: int, fold) -> Path:
+    """A run's folder under --out; without cross-validation it stays <model>/seed<k>, so
+    runs of older versions resume."""
+    return Path(model) / f"seed{seed}" / ("" if fold is None else f"fold{fold}")
 
 
 def _device_name(device: torch.device, env: dict) -> str:
