@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
         help="input side in pixels (default: the checkpoint's, else 200)",
     )
     speed.add_argument("--checkpoint", help="a best.pt to measure instead of random init")
+    speed.add_argument(
+        "--data",
+        help="the checkpoint's dataset (default: $NEU_DATA): INT8 is calibrated on its training "
+        "images and every variant judged on its test images; it must match the dataset and "
+        "split hashes the checkpoint records. Without it the variants are timed, not judged",
+    )
     speed.add_argument("--num-classes", type=int, default=6, help="head size for random init")
     speed.add_argument("--out", help="output folder (default runs/speed-<size>px)")
     speed.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -179,6 +185,7 @@ def _speed(args, console) -> int:
             num_classes=args.num_classes,
             reporter=reporter,
             ort_providers=args.ort_providers,
+            data=args.data,
         )
     except (ValueError, FileNotFoundError, ProviderUnavailableError) as e:
         console.print(f"error: {e}", style="bold red", markup=False)

@@ -88,3 +88,20 @@ def isa_label(isa: dict | None = None) -> str:
     if isa.get("amx_tile"):
         parts.append("AMX")
     return " + ".join(parts) if parts else (isa.get("machine") or "unknown")
+
+
+def isa_class(isa: dict | None = None) -> str:
+    """The CPU class a speed ratio belongs to: the same code runs 2-3x apart across them.
+
+    'AVX2' (e.g. AMD Zen 2/3), 'AVX-512 + VNNI + BF16 (no AMX)' (AMD Zen 4/5, Intel Cooper
+    Lake / Ice Lake-class parts with bf16), 'AVX-512 + AMX' (Intel Sapphire Rapids and later);
+    anything else gets its isa_label (an older or non-x86 CPU).
+    """
+    isa = cpu_isa() if isa is None else isa
+    if isa.get("amx_tile") and isa.get("avx512f"):
+        return "AVX-512 + AMX"
+    if isa.get("avx512f") and isa.get("avx512_vnni") and isa.get("avx512_bf16"):
+        return "AVX-512 + VNNI + BF16 (no AMX)"
+    if isa.get("avx2") and not isa.get("avx512f"):
+        return "AVX2" + (" + AVX-VNNI" if isa.get("avx_vnni") else "")
+    return isa_label(isa)

@@ -38,6 +38,10 @@ class FidelityData:
     inputs: np.ndarray
     labels: np.ndarray | None
     source: str  # "test split", "validation split (no test split)", "synthetic ..."
+    # Why these inputs cannot judge a variant (random weights: a random network's logits are
+    # nearly tied, so agreement on them says little; no dataset): rows then say
+    # "not judged (<why>)", `passed` None, and the recommendation is "speed only".
+    not_judged: str | None = None
 
 
 @dataclass
@@ -66,95 +70,76 @@ def measure_deployment(
     bf16_hardware: bool,
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[list[dict], list[dict]]:
-    """(deployment rows, speed rows) of one model; see the module docstring."""
-    from exports.quantize import QuantizationError, convert_fp16, int8_settings, quantize_int8
+    """(deployment rows, speed rows) of one model; see the module docstring.
 
+    Every variant (INT8 candidates included) is timed at batch 1 in the same interleaved
+    rounds; then, in a second interleaved window, every variant but the INT8 candidates
+    beyond the fastest two is timed at batch 32 (bench.int8choice)."""
+    from bench.cpu import isa_class
+    from bench.int8choice import apply_choice, fallback_settings, make_candidates
+    from exports.quantize import QuantizationError, convert_fp16, int8_candidates
+
+    t_step = time.perf_counter()
     work_dir.mkdir(parents=True, exist_ok=True)
-    int8_path = fp16_path = None
-    unavailable = None
+    cands, unavailable = [], None
     if {"int8", "openvino"} & set(groups):
-        int8_path = work_dir / f"{name}.int8.onnx"
-        settings = int8_settings(vnni=vnni)
-        log(
-            f"[{name}] INT8 static QDQ: calibrating on {len(calibration.inputs)} images of the "
-            f"{calibration.source} (reduce_range={settings.reduce_range}: "
-            f"{settings.reason})"
+        cands = make_candidates(
+            fp32_onnx, work_dir, name, calibration, int8_candidates(vnni=vnni), log
         )
-        try:
-            quantize_int8(
-                fp32_onnx,
-                int8_path,
-                calibration.inputs,
-                settings,
-                calibration={"seed": calibration.seed, "source": calibration.source},
-            )
-        except QuantizationError as e:
-            int8_path, unavailable = None, f"INT8 quantization failed: {e}"
+        if not any(c.path for c in cands):
+            unavailable = "INT8 quantization failed: " + "; ".join(c.error for c in cands)
+    fp16_path = None
     if "fp16" in groups:
         fp16_path = work_dir / f"{name}.fp16.onnx"
         try:
             convert_fp16(fp32_onnx, fp16_path)
         except QuantizationError as e:
             fp16_path, unavailable = None, f"FP16 conversion failed: {e}"
-    files = {"onnx:fp32": fp32_onnx, "onnx:int8": int8_path, "onnx:fp16": fp16_path}
+    made = [c for c in cands if c.path]
+    seconds = {"quantize": time.perf_counter() - t_step}
 
     specs = plan_variants(
         model,
         groups=groups,
         fp32_onnx=fp32_onnx,
-        int8_onnx=int8_path,
+        int8_onnx=made[0].path if made else None,  # OpenVINO runs the ISA's first candidate
         fp16_onnx=fp16_path,
         device=device,
         threads=threads,
         image_size=image_size,
         bf16_hardware=bf16_hardware,
         int8_unavailable=unavailable,
+        int8_candidates=[(c.slug, c.path) for c in made],
     )
     backends: dict[str, object] = {}
     judged: dict[str, dict] = {}
-    reference = None
-    for spec in specs:
-        if spec.make is None:
-            continue
-        log(f"[{name}] {spec.name}: building, then fidelity on {fidelity.source}")
-        try:
-            backend = spec.make()
-            logits = _logits(backend, fidelity.inputs)
-            if reference is None:  # torch_fp32 comes first: the reference of every comparison
-                reference = logits
-            precision = backend.provenance()["precision"]
-            judged[spec.name] = compare_logits(
-                reference, logits, fidelity.labels, precision=precision, thresholds=thresholds
-            ).to_dict()
-        except Exception as e:  # one variant failing to build or run must not stop the rest
-            spec.skipped = f"failed: {type(e).__name__}: {str(e)[:300]}"
-            continue
-        backends[spec.name] = backend
-
-    named = [
-        (v, Case(b, bs)) for v, b in backends.items() for bs in (LATENCY_BATCH, THROUGHPUT_BATCH)
-    ]
-    log(f"[{name}] timing {len(backends)} variants x 2 batch sizes, {rounds} interleaved rounds")
     t0 = time.perf_counter()
+    _judge(specs, name, fidelity, thresholds, backends, judged, log)
+    # MinMax failed fidelity: the same settings calibrated by Percentile (only with real
+    # images: without a judgement there is nothing to fall back from).
+    extra = make_candidates(
+        fp32_onnx, work_dir, name, calibration,
+        [] if fidelity.not_judged else fallback_settings(made, judged), log,
+    )  # fmt: skip
+    if extra:
+        cands += extra
+        more = plan_variants(
+            model, groups=("int8",), fp32_onnx=fp32_onnx, int8_onnx=None, fp16_onnx=None,
+            device=device, threads=threads, image_size=image_size, bf16_hardware=bf16_hardware,
+            int8_candidates=[(c.slug, c.path) for c in extra if c.path],
+        )[2:]  # fmt: skip
+        last = max(i for i, s in enumerate(specs) if s.candidate) + 1
+        specs[last:last] = more
+        _judge(more, name, fidelity, thresholds, backends, judged, log)
+    seconds["fidelity"] = time.perf_counter() - t0
+    files = {"onnx:fp32": fp32_onnx, "onnx:fp16": fp16_path,
+             "onnx:int8": made[0].path if made else None,  # what openvino_int8 runs
+             **{f"onnx:int8:{c.slug}": c.path for c in cands}}  # fmt: skip
 
-    def progress(r: int, case: Case) -> None:  # one line per round: large models take minutes
-        if case is named[0][1]:
-            log(f"[{name}] round {r + 1}/{rounds} ({time.perf_counter() - t0:.0f} s so far)")
-
-    measured = run_interleaved(
-        [c for _, c in named],
-        model=name,
-        image_size=image_size,
-        rounds=rounds,
-        timing=timing,
-        on_case=progress,
-    )
-    speed_rows = []
-    by_case: dict[tuple[str, int], dict] = {}
-    for (variant, case), row in zip(named, measured, strict=True):
-        d = {**row.to_dict(), "variant": variant}
-        speed_rows.append(d)
-        by_case[(variant, case.batch_size)] = d
+    speed_rows, by_case = _time_cases(
+        backends, specs, judged, fidelity, name=name, image_size=image_size, rounds=rounds,
+        timing=timing, seconds=seconds, log=log,
+    )  # fmt: skip
     rows = [
         _row(
             spec,
@@ -169,7 +154,103 @@ def measure_deployment(
         )
         for spec in specs
     ]
+    if made and "int8" in groups:
+        seconds["step"] = time.perf_counter() - t_step
+        choice = apply_choice(
+            rows, cands, name=name, work_dir=work_dir, isa_class=isa_class(),
+            step_seconds={k: round(v, 1) for k, v in seconds.items()},
+        )  # fmt: skip
+        log(f"[{name}] INT8: {choice['why']} ({seconds['step']:.0f} s for the step)")
+        for d in speed_rows:  # the speed rows follow the chosen row's new name
+            if choice["chosen"] and d["variant"] == f"ort_int8_{choice['chosen']}":
+                d["variant"] = "ort_int8"
+        if choice["chosen"] is None:
+            rows.insert(
+                1 + max(i for i, r in enumerate(rows) if r.get("candidate")),
+                _skipped_int8(name, choice, fidelity),
+            )
     return rows, speed_rows
+
+
+def _judge(specs, name, fidelity, thresholds, backends, judged, log) -> None:
+    """Build each runnable spec's backend and compare its logits on the fidelity images with
+    torch eager FP32's (the first spec); a variant that fails to build or run is skipped
+    with the reason, alone."""
+    for spec in specs:
+        if spec.make is None:
+            continue
+        log(f"[{name}] {spec.name}: building, then fidelity on {fidelity.source}")
+        try:
+            backend = spec.make()
+            logits = _logits(backend, fidelity.inputs)
+            reference = judged.get("_reference")
+            if reference is None:  # torch_fp32 comes first: the reference of every comparison
+                judged["_reference"] = reference = logits
+            precision = backend.provenance()["precision"]
+            judged[spec.name] = compare_logits(
+                reference, logits, fidelity.labels, precision=precision, thresholds=thresholds
+            ).to_dict()
+        except Exception as e:  # one variant failing to build or run must not stop the rest
+            spec.skipped = f"failed: {type(e).__name__}: {str(e)[:300]}"
+            continue
+        backends[spec.name] = backend
+
+
+def _time_cases(backends, specs, judged, fidelity, *, name, image_size, rounds, timing,
+                seconds, log):  # fmt: skip
+    """Batch 1 for every variant in interleaved rounds, then batch 32 for all but the INT8
+    candidates beyond the fastest two. Returns (speed rows, {(variant, batch): row})."""
+    from bench.int8choice import batch32_candidates
+
+    speed_rows, by_case = [], {}
+
+    def window(named, batch, label):
+        log(f"[{name}] timing {len(named)} variants at batch {batch}, {rounds} interleaved rounds")
+        t0 = time.perf_counter()
+
+        def progress(r: int, case: Case) -> None:  # one line per round: large models take minutes
+            if case is named[0][1]:
+                log(f"[{name}] b{batch} round {r + 1}/{rounds} ({time.perf_counter() - t0:.0f} s)")
+
+        measured = run_interleaved(
+            [c for _, c in named], model=name, image_size=image_size, rounds=rounds,
+            timing=timing, on_case=progress,
+        )  # fmt: skip
+        for (variant, case), row in zip(named, measured, strict=True):
+            d = {**row.to_dict(), "variant": variant}
+            speed_rows.append(d)
+            by_case[(variant, case.batch_size)] = d
+        seconds[label] = time.perf_counter() - t0
+
+    window([(v, Case(b, LATENCY_BATCH)) for v, b in backends.items()], LATENCY_BATCH, "timing_b1")
+    cand = {s.name: s.candidate for s in specs if s.candidate and s.name in backends}
+    b1 = [
+        {**by_case[(v, LATENCY_BATCH)], "candidate": slug, "passed": _passed(judged, v, fidelity)}
+        for v, slug in cand.items()
+    ]
+    keep = set(batch32_candidates(b1))
+    named = [(v, Case(b, THROUGHPUT_BATCH)) for v, b in backends.items()
+             if v not in cand or v in keep]  # fmt: skip
+    window(named, THROUGHPUT_BATCH, "timing_b32")
+    return speed_rows, by_case
+
+
+def _passed(judged: dict, variant: str, fidelity: FidelityData) -> bool | None:
+    if fidelity.not_judged or variant not in judged:
+        return None
+    return bool(judged[variant]["passed"])
+
+
+def _skipped_int8(name: str, choice: dict, fidelity: FidelityData) -> dict:
+    """The `ort_int8` row when no candidate passed: it says why; the candidates keep theirs."""
+    return {
+        "model": name, "variant": "ort_int8", "group": "int8", "runtime": "onnxruntime",
+        "provider": None, "precision": "int8", "batch_size": LATENCY_BATCH,
+        "latency_ms_p50": None, "artifact": "onnx:int8", "fidelity_source": fidelity.source,
+        "fidelity_images": len(fidelity.inputs), "passed": False,
+        "skipped": f"{choice['why']}: see the ort_int8_* candidate rows", "error": None,
+        "int8_choice": choice,
+    }  # fmt: skip
 
 
 def _logits(backend, x: np.ndarray, batch: int = THROUGHPUT_BATCH) -> np.ndarray:
@@ -217,7 +298,10 @@ def _row(spec: VariantSpec, name, lat, thr, ref, fid, files, fidelity, model) ->
         "speedup_vs_torch_fp32": None,
         "skipped": spec.skipped,
         "error": None,
+        "fidelity": None,
     }
+    if spec.candidate:
+        row["candidate"] = spec.candidate
     if fid is not None:
         row.update(
             agreement=fid["agreement"],
@@ -228,7 +312,11 @@ def _row(spec: VariantSpec, name, lat, thr, ref, fid, files, fidelity, model) ->
             fidelity_rule=fid["rule"],
             fidelity_failures=fid["failures"],
             precision=fid["precision"],
+            fidelity="passed" if fid["passed"] else "failed",
         )
+        if fidelity.not_judged:  # figures kept for the record, never a verdict
+            row.update(passed=None, fidelity=f"not judged ({fidelity.not_judged})",
+                       fidelity_failures=[])  # fmt: skip
     if lat is not None:
         row["provider"] = lat.get("provider")
         row["threads"] = lat.get("threads")
@@ -237,7 +325,8 @@ def _row(spec: VariantSpec, name, lat, thr, ref, fid, files, fidelity, model) ->
         if lat.get("inference_precision"):
             row["inference_precision"] = lat["inference_precision"]
         if lat.get("error"):
-            row["error"], row["passed"] = lat["error"], False
+            row["error"] = lat["error"]
+            row["passed"] = None if row["passed"] is None else False
         else:
             for k in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "p50_spread_pct",
                       "rounds"):  # fmt: skip
@@ -261,13 +350,35 @@ def _ratio(base: dict | None, row: dict) -> float | None:
 
 
 def candidates(rows: Sequence[dict]) -> list[dict]:
-    """Rows that may be recommended: measured, no error, and passed fidelity."""
+    """Rows that may be recommended: measured, no error, passed fidelity, and not an INT8
+    candidate that lost to the chosen `ort_int8` (its file is not shipped)."""
     return [
         r
         for r in rows
-        if r.get("passed") and not r.get("skipped") and not r.get("error")
-        and r.get("latency_ms_p50") is not None
+        if r.get("passed") is True and not r.get("skipped") and not r.get("error")
+        and r.get("latency_ms_p50") is not None and r.get("chosen", True)
     ]  # fmt: skip
+
+
+def _speed_only(rows: Sequence[dict], model: str) -> dict | None:
+    """A model whose rows were not judged (random weights, no dataset): the fastest variant,
+    labelled "speed only", never a recommendation to deploy."""
+    mine = [r for r in rows if r["model"] == model]
+    if not mine or any(r.get("passed") is not None for r in mine if not r.get("skipped")):
+        return None
+    timed = [r for r in mine if r.get("latency_ms_p50") is not None and not r.get("error")
+             and r.get("chosen", True)]  # fmt: skip
+    fastest = min(timed, key=lambda r: r["latency_ms_p50"]) if timed else None
+    why = next((r["fidelity"] for r in mine if r.get("fidelity")), "fidelity not judged")
+    return {
+        "variant": None,
+        "recommendation": "speed only",
+        "fastest_variant": fastest and fastest["variant"],
+        "latency_ms_p50": fastest and fastest["latency_ms_p50"],
+        "speedup_vs_torch_fp32": fastest and fastest.get("speedup_vs_torch_fp32"),
+        "why": f"speed only: fidelity {why.removeprefix('fidelity ')}; fastest "
+        + (f"{fastest['variant']}" if fastest else "none"),
+    }
 
 
 def recommend(rows: Sequence[dict]) -> dict:
@@ -290,7 +401,9 @@ def recommend(rows: Sequence[dict]) -> dict:
             "artifact", "size_mb")  # fmt: skip
     by_model = {m: {k: r.get(k) for k in keys} for m, r in fastest.items()}
     for m in {r["model"] for r in rows} - set(by_model):
-        by_model[m] = {"variant": None, "why": "no variant passed fidelity"}
+        by_model[m] = _speed_only(rows, m) or {
+            "variant": None, "why": "no variant passed fidelity"
+        }
     with_acc = [r for r in ok if r.get("test_accuracy") is not None]
     front = pareto_front([(r["latency_ms_p50"], r["test_accuracy"]) for r in with_acc])
     pareto = [

@@ -256,6 +256,9 @@ def recommend_into(results: dict, out: Path) -> None:
     if not rows:
         return
     results["recommendation"] = recommend(rows)
+    choices = {r["model"]: r["int8_choice"] for r in rows if r.get("int8_choice")}
+    if choices:  # the chosen INT8 settings and why, per model (bench.int8choice)
+        results["int8_choice"] = choices
     try:
         if plot_pareto(rows, out / "deployment_pareto.png"):
             results["deployment_plot"] = "deployment_pareto.png"

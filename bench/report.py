@@ -217,7 +217,8 @@ def cpu_isa_text(env: dict) -> str:
     isa = env.get("cpu_isa") or {}
     label = env.get("cpu_isa_label") or "unknown"
     cap = isa.get("torch_capability")
-    return f"ISA {label}" + (f" (torch {cap})" if cap else "")
+    cls = env.get("cpu_isa_class")
+    return f"ISA {label}" + (f" (torch {cap})" if cap else "") + (f", class {cls}" if cls else "")
 
 
 def _num(v, fmt=".2f") -> str:
@@ -454,6 +455,11 @@ def deployment_table_rows(results: dict, model: str) -> tuple[list[str], list[li
         verdict = (
             "PASS" if r.get("passed") else "FAIL " + "; ".join(r.get("fidelity_failures") or [])
         )
+        if r.get("passed") is None and r.get("fidelity"):
+            verdict = r["fidelity"]  # "not judged (random weights)": never PASS
+        variant = r["variant"]
+        if r.get("candidate") and variant == "ort_int8":
+            variant += f" ({r['candidate']}, chosen)"
         if r.get("error"):
             verdict = f"error: {r['error']}"
         if r.get("compile_seconds_by_batch"):
@@ -462,7 +468,7 @@ def deployment_table_rows(results: dict, model: str) -> tuple[list[str], list[li
         delta = r.get("accuracy_delta_pp")
         body.append(
             [
-                r["variant"],
+                variant,
                 f"{r['runtime']} / {r.get('provider') or '-'}",
                 r["precision"],
                 _num(r.get("latency_ms_p50")),
@@ -503,7 +509,7 @@ def deployment_markdown(results: dict) -> list[str]:
     lines = []
     for model, r in (rec.get("by_model") or {}).items():
         if not r.get("variant"):
-            lines.append(f"- **{model}**: none ({r.get('why')})")
+            lines.append(f"- **{model}**: {r.get('recommendation') or 'none'} ({r.get('why')})")
             continue
         speedup = r.get("speedup_vs_torch_fp32")
         lines.append(
@@ -527,6 +533,13 @@ def deployment_markdown(results: dict) -> list[str]:
             for p in rec["pareto"]
         )
         parts.append(f"Accuracy-latency Pareto front over all models x passing variants: {front}.")
+    for model, c in (results.get("int8_choice") or {}).items():
+        secs = (c.get("step_seconds") or {}).get("step")
+        parts.append(
+            f"INT8 for **{model}** ({c.get('cpu_isa_class')}): {c.get('why')}"
+            + ("" if secs is None else f"; the deployment step took {secs:.0f} s")
+            + "."
+        )
     if results.get("deployment_plot"):
         parts.append(
             f"![accuracy vs latency of the deployment variants]({results['deployment_plot']})"

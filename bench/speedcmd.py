@@ -28,14 +28,39 @@ def _synthetic_calibration(n: int, image_size: int):
     return CalibrationData(inputs=x, seed=0, source="synthetic N(0,1) inputs (no dataset)")
 
 
-def _synthetic_fidelity(image_size: int):
+def _synthetic_fidelity(image_size: int, not_judged: str):
     from bench.deployment import FidelityData
 
     n = SYNTHETIC_FIDELITY_IMAGES
     x = np.random.default_rng(1).standard_normal((n, 3, image_size, image_size), np.float32)
     return FidelityData(
-        inputs=x, labels=None, source=f"synthetic: {n} seeded N(0,1) inputs, no labels"
+        inputs=x,
+        labels=None,
+        source=f"synthetic: {n} seeded N(0,1) inputs, no labels",
+        not_judged=not_judged,
     )
+
+
+def _images(meta: dict | None, data: str | None, image_size: int, n_calibration: int, log):
+    """(calibration, fidelity) for `bench speed`: a checkpoint with its dataset is calibrated
+    on its training images and judged on its test images (bench.ckptdata); random weights,
+    or a checkpoint without data, get synthetic inputs and rows that say "not judged"."""
+    from bench.ckptdata import checkpoint_images, resolve_data
+
+    if meta is None:
+        return (
+            _synthetic_calibration(n_calibration, image_size),
+            _synthetic_fidelity(image_size, "random weights"),
+        )
+    folder, origin = resolve_data(data)
+    if folder is None:
+        log("no dataset (--data or NEU_DATA): the variants are timed but not judged")
+        return (
+            _synthetic_calibration(n_calibration, image_size),
+            _synthetic_fidelity(image_size, "no dataset: pass --data or set NEU_DATA"),
+        )
+    log(f"judging on the checkpoint's own test images ({origin} {folder})")
+    return checkpoint_images(meta, folder, origin, n_calibration)
 
 
 def _test_figures(checkpoint: Path) -> dict:
@@ -55,10 +80,15 @@ def speed_command(
     num_classes: int,
     reporter,
     ort_providers: str | None = None,
+    data: str | None = None,
 ):
     """`bench speed`: measure without training. Returns (results, out folder).
 
-    image_size None: the checkpoint's, else 200 px."""
+    image_size None: the checkpoint's, else 200 px. data: the checkpoint's dataset (else
+    $NEU_DATA), checked against the hashes it records."""
+    import time
+
+    t_start = time.perf_counter()
     from exports.export import build_metadata, export_onnx
     from exports.runtime import PROVIDERS, create_session
 
@@ -102,6 +132,9 @@ def speed_command(
                     f"--image-size {meta['image_size']} (the export must preprocess like it)"
                 )
             source = str(checkpoint)
+            calibration, fidelity = _images(
+                meta, data, image_size, opts.calibration_images, reporter.log
+            )
             # The export preprocesses exactly as the checkpoint was trained (its classes,
             # channels, mean/std) and carries its provenance (accuracy, dataset and split).
             metadata = export_metadata(
@@ -111,6 +144,7 @@ def speed_command(
             torch.manual_seed(0)
             model = build_model(name, num_classes=num_classes).eval()
             source = "random init"
+            calibration, fidelity = _images(None, None, image_size, opts.calibration_images, None)
             # Random weights classify nothing: neutral preprocessing, no provenance.
             metadata = build_metadata(
                 model_name=name,
@@ -158,8 +192,8 @@ def speed_command(
             providers=providers,
             gpu_rows=device.type == "cuda" or bool(explicit),
             opts=opts,
-            calibration=_synthetic_calibration(opts.calibration_images, image_size),
-            fidelity=_synthetic_fidelity(image_size),
+            calibration=calibration,
+            fidelity=fidelity,
             log=reporter.log,
         )
         results["speed"] += speed_rows
@@ -170,5 +204,6 @@ def speed_command(
         raise ValueError(f"--checkpoint {checkpoint} is for another model than --models")
     results["speed_ratios"] = speed.speedup(results["speed"])
     recommend_into(results, out)
+    results["seconds_actual"] = round(time.perf_counter() - t_start, 1)
     report.write_outputs(out, results, final=True)
     return results, out

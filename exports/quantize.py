@@ -98,6 +98,49 @@ def int8_settings(*, vnni: bool, machine: str | None = None, **overrides) -> Int
     return Int8Settings(reduce_range=reduce_range, reason=reason, **overrides)
 
 
+# ORT's histogram calibrators (Entropy, Percentile) keep every intermediate tensor of every
+# calibration batch in memory before building histograms (onnxruntime.quantization.calibrate,
+# HistogramCalibrater.collect_data): ResNet-50 at 200 px holds ~60 MB of activations per image.
+# They calibrate on this many of the same stratified training images; MinMax keeps only
+# per-batch min/max and uses them all.
+HISTOGRAM_CALIBRATION_IMAGES = 32
+
+
+def settings_slug(settings: Int8Settings) -> str:
+    """A short name of the settings for rows and file names: 'u8s8_minmax', 's8s8_rr_minmax'."""
+    short = {"int8": "s8", "uint8": "u8"}
+    parts = [short[settings.activation_type] + short[settings.weight_type]]
+    if settings.reduce_range:
+        parts.append("rr")
+    if not settings.per_channel:
+        parts.append("pertensor")
+    parts.append(settings.calibration_method)
+    return "_".join(parts)
+
+
+def int8_candidates(*, vnni: bool, machine: str | None = None) -> list[Int8Settings]:
+    """The MinMax candidates worth timing on this CPU, per ONNX Runtime's quantization guide.
+
+    Both activation types, per-channel int8 weights: U8S8 is what MLAS's x86 int8 kernels
+    multiply natively (VPMADDUBSW / VPDPBUSD take u8 x s8), S8S8 is the guide's accuracy-first
+    default and costs x86 a conversion. Which is faster, and whether either keeps the model's
+    answers, is measured, not assumed. reduce_range comes from `int8_settings` (needed only on
+    x86-64 without VNNI). Entropy/Percentile versions are made only when MinMax fails
+    fidelity (`with_calibration`).
+    """
+    return [
+        int8_settings(vnni=vnni, machine=machine, activation_type=act)
+        for act in ("uint8", "int8")
+    ]
+
+
+def with_calibration(settings: Int8Settings, method: str) -> Int8Settings:
+    """The same settings calibrated by `method` (a fallback when MinMax fails fidelity)."""
+    from dataclasses import replace
+
+    return replace(settings, calibration_method=method)
+
+
 def calibration_indices(
     labels: Sequence[int],
     candidates: Sequence[int],
@@ -171,6 +214,17 @@ def quantize_int8(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     meta = _neu_metadata(fp32_path)
+    offered = len(x)
+    if settings.calibration_method != "minmax" and offered > HISTOGRAM_CALIBRATION_IMAGES:
+        # Evenly strided through the (index-sorted, class-stratified) sample: every class keeps
+        # its share. See HISTOGRAM_CALIBRATION_IMAGES for why fewer.
+        keep = np.linspace(0, offered - 1, HISTOGRAM_CALIBRATION_IMAGES).round().astype(int)
+        x = x[keep]
+    extra = {}
+    if settings.calibration_method == "percentile":
+        # uint8 activations follow ReLUs (>= 0): a symmetric range would waste half the codes.
+        extra = {"CalibPercentile": 99.999,
+                 "CalibTensorRangeSymmetric": settings.activation_type == "int8"}  # fmt: skip
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -191,6 +245,8 @@ def quantize_int8(
         "format": "QDQ",
         **{k: v for k, v in asdict(settings).items()},
         "calibration_images": len(x),
+        "calibration_images_offered": offered,
+        "calibration_extra_options": extra,
         **{f"calibration_{k}": v for k, v in (calibration or {}).items() if k != "images"},
         "onnxruntime_version": ort.__version__,
     }
@@ -208,6 +264,7 @@ def quantize_int8(
                 per_channel=settings.per_channel,
                 reduce_range=settings.reduce_range,
                 calibrate_method=method[settings.calibration_method],
+                extra_options=extra,
             )
         except Exception as e:
             raise QuantizationError(

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import torch
 
-from bench.cpu import cpu_isa, isa_label
+from bench.cpu import cpu_isa, isa_class, isa_label
 
 
 def environment() -> dict:
@@ -30,6 +30,7 @@ def environment() -> dict:
         # Instruction sets decide which kernels run (AVX2 vs AVX-512 VNNI vs AMX): 2-3x apart.
         "cpu_isa": cpu_isa(),
         "cpu_isa_label": isa_label(),
+        "cpu_isa_class": isa_class(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch": torch.__version__,

@@ -48,6 +48,7 @@ class VariantSpec:
     make: Callable[[], Backend] | None = None  # None when skipped
     skipped: str | None = None
     notes: list[str] = field(default_factory=list)
+    candidate: str | None = None  # INT8 candidates: the quantization settings' slug
 
 
 def parse_variants(text: str | None) -> tuple[str, ...]:
@@ -202,11 +203,14 @@ def plan_variants(
     image_size: int,
     bf16_hardware: bool,
     int8_unavailable: str | None = None,
+    int8_candidates: list[tuple[str, Path]] | None = None,
 ) -> list[VariantSpec]:
     """Every variant of `groups`, each with a backend factory or the reason it is skipped.
 
     int8_onnx / fp16_onnx: the copies made by exports.quantize (None when making one failed:
-    `int8_unavailable` then says why). Factories are called later, one at a time, so a
+    `int8_unavailable` then says why). int8_candidates: (settings slug, file) of every INT8
+    candidate: each is timed as `ort_int8_<slug>` (bench.int8choice keeps the fastest passing
+    one as `ort_int8`); without them `int8_onnx` is the one `ort_int8`. Factories are called later, one at a time, so a
     variant that fails to build (e.g. an OpenVINO compile error) fails alone.
     """
     from bench.speed.backends import OnnxRuntime
@@ -238,7 +242,14 @@ def plan_variants(
                 make=lambda: TorchEager(model, precision="fp32", channels_last=True, **torch_kw),
             )
         )  # fmt: skip
-    if "int8" in groups:
+    if "int8" in groups and int8_candidates:
+        # Static INT8 QDQ is a CPU-provider format here (see below).
+        for slug, path in int8_candidates:
+            specs.append(
+                VariantSpec(f"ort_int8_{slug}", "int8", "onnxruntime", "int8",
+                            f"onnx:int8:{slug}", make=ort(path, "cpu"), candidate=slug)
+            )  # fmt: skip
+    elif "int8" in groups:
         spec = VariantSpec("ort_int8", "int8", "onnxruntime", "int8", "onnx:int8")
         if int8_onnx is None:
             spec.skipped = int8_unavailable or "no INT8 copy was made"
