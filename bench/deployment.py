@@ -6,7 +6,9 @@ the others carry the reason), run every fidelity image through each variant and 
 torch eager FP32 (exports.fidelity), then time all of them in the same interleaved rounds
 (bench.speed.driver) so `speedup_vs_torch_fp32` is a ratio from the same windows.
 
-`recommend` then picks, per model, the fastest variant that passed fidelity, and the
+INT8 is several candidate files (activation u8/s8, bench.int8choice), each a variant row;
+the fastest that passed fidelity becomes `ort_int8`. `recommend` then picks, per model, the
+fastest variant that passed fidelity, and the
 accuracy-latency Pareto front across all models x variants. A variant that failed
 fidelity keeps its row (with its figures) but is never recommended.
 """
@@ -75,11 +77,55 @@ def measure_deployment(
     Every variant (INT8 candidates included) is timed at batch 1 in the same interleaved
     rounds; then, in a second interleaved window, every variant but the INT8 candidates
     beyond the fastest two is timed at batch 32 (bench.int8choice)."""
-    from bench.cpu import isa_class
-    from bench.int8choice import apply_choice, fallback_settings, make_candidates
+    t_step = time.perf_counter()
+    cands, fp16_path, unavailable = _make_copies(
+        fp32_onnx, work_dir, name, groups, calibration, vnni, log
+    )
+    made = [c for c in cands if c.path]
+    seconds = {"quantize": time.perf_counter() - t_step}
+    plan = dict(device=device, threads=threads, image_size=image_size,
+                bf16_hardware=bf16_hardware)  # fmt: skip
+    specs = plan_variants(
+        model, groups=groups, fp32_onnx=fp32_onnx,
+        int8_onnx=made[0].path if made else None,  # OpenVINO runs the ISA's first candidate
+        fp16_onnx=fp16_path, int8_unavailable=unavailable,
+        int8_candidates=[(c.slug, c.path) for c in made], **plan,
+    )  # fmt: skip
+    backends: dict[str, object] = {}
+    judged: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    _judge(specs, name, fidelity, thresholds, backends, judged, log)
+    cands += _fallbacks(model, specs, made, judged, backends, fp32_onnx=fp32_onnx,
+                        work_dir=work_dir, name=name, calibration=calibration,
+                        fidelity=fidelity, thresholds=thresholds, plan=plan, log=log)  # fmt: skip
+    seconds["fidelity"] = time.perf_counter() - t0
+    files = {"onnx:fp32": fp32_onnx, "onnx:fp16": fp16_path,
+             "onnx:int8": made[0].path if made else None,  # what openvino_int8 runs
+             **{f"onnx:int8:{c.slug}": c.path for c in cands}}  # fmt: skip
+
+    speed_rows, by_case = _time_cases(
+        backends, specs, judged, fidelity, name=name, image_size=image_size, rounds=rounds,
+        timing=timing, seconds=seconds, log=log,
+    )  # fmt: skip
+    ref = by_case.get(("torch_fp32", LATENCY_BATCH))
+    rows = [
+        _row(spec, name, by_case.get((spec.name, LATENCY_BATCH)),
+             by_case.get((spec.name, THROUGHPUT_BATCH)), ref, judged.get(spec.name), files,
+             fidelity, model)
+        for spec in specs
+    ]  # fmt: skip
+    if made and "int8" in groups:
+        seconds["step"] = time.perf_counter() - t_step
+        _choose(rows, speed_rows, cands, name=name, work_dir=work_dir, fidelity=fidelity,
+                seconds=seconds, log=log)  # fmt: skip
+    return rows, speed_rows
+
+
+def _make_copies(fp32_onnx, work_dir, name, groups, calibration, vnni, log):
+    """(INT8 candidates, FP16 file or None, why a copy is unavailable or None)."""
+    from bench.int8choice import make_candidates
     from exports.quantize import QuantizationError, convert_fp16, int8_candidates
 
-    t_step = time.perf_counter()
     work_dir.mkdir(parents=True, exist_ok=True)
     cands, unavailable = [], None
     if {"int8", "openvino"} & set(groups):
@@ -95,81 +141,47 @@ def measure_deployment(
             convert_fp16(fp32_onnx, fp16_path)
         except QuantizationError as e:
             fp16_path, unavailable = None, f"FP16 conversion failed: {e}"
-    made = [c for c in cands if c.path]
-    seconds = {"quantize": time.perf_counter() - t_step}
+    return cands, fp16_path, unavailable
 
-    specs = plan_variants(
-        model,
-        groups=groups,
-        fp32_onnx=fp32_onnx,
-        int8_onnx=made[0].path if made else None,  # OpenVINO runs the ISA's first candidate
-        fp16_onnx=fp16_path,
-        device=device,
-        threads=threads,
-        image_size=image_size,
-        bf16_hardware=bf16_hardware,
-        int8_unavailable=unavailable,
-        int8_candidates=[(c.slug, c.path) for c in made],
-    )
-    backends: dict[str, object] = {}
-    judged: dict[str, dict] = {}
-    t0 = time.perf_counter()
-    _judge(specs, name, fidelity, thresholds, backends, judged, log)
-    # MinMax failed fidelity: the same settings calibrated by Percentile (only with real
-    # images: without a judgement there is nothing to fall back from).
-    extra = make_candidates(
-        fp32_onnx, work_dir, name, calibration,
-        [] if fidelity.not_judged else fallback_settings(made, judged), log,
-    )  # fmt: skip
-    if extra:
-        cands += extra
-        more = plan_variants(
-            model, groups=("int8",), fp32_onnx=fp32_onnx, int8_onnx=None, fp16_onnx=None,
-            device=device, threads=threads, image_size=image_size, bf16_hardware=bf16_hardware,
-            int8_candidates=[(c.slug, c.path) for c in extra if c.path],
-        )[2:]  # fmt: skip
-        last = max(i for i, s in enumerate(specs) if s.candidate) + 1
-        specs[last:last] = more
-        _judge(more, name, fidelity, thresholds, backends, judged, log)
-    seconds["fidelity"] = time.perf_counter() - t0
-    files = {"onnx:fp32": fp32_onnx, "onnx:fp16": fp16_path,
-             "onnx:int8": made[0].path if made else None,  # what openvino_int8 runs
-             **{f"onnx:int8:{c.slug}": c.path for c in cands}}  # fmt: skip
 
-    speed_rows, by_case = _time_cases(
-        backends, specs, judged, fidelity, name=name, image_size=image_size, rounds=rounds,
-        timing=timing, seconds=seconds, log=log,
+def _fallbacks(model, specs, made, judged, backends, *, fp32_onnx, work_dir, name,
+               calibration, fidelity, thresholds, plan, log) -> list:  # fmt: skip
+    """MinMax candidates that failed fidelity get a Percentile-calibrated version of the same
+    settings, judged like the rest and placed after the last candidate in `specs`. Only with
+    real images: without a judgement there is nothing to fall back from."""
+    from bench.int8choice import fallback_settings, make_candidates
+
+    wanted = [] if fidelity.not_judged else fallback_settings(made, judged)
+    extra = make_candidates(fp32_onnx, work_dir, name, calibration, wanted, log)
+    ok = [(c.slug, c.path) for c in extra if c.path]
+    if not ok:
+        return extra
+    more = plan_variants(model, groups=("int8",), fp32_onnx=fp32_onnx, int8_onnx=None,
+                         fp16_onnx=None, int8_candidates=ok, **plan)[2:]  # fmt: skip
+    last = max(i for i, s in enumerate(specs) if s.candidate) + 1
+    specs[last:last] = more
+    _judge(more, name, fidelity, thresholds, backends, judged, log)
+    return extra
+
+
+def _choose(rows, speed_rows, cands, *, name, work_dir, fidelity, seconds, log) -> None:
+    """bench.int8choice.apply_choice, then the speed rows follow the chosen row's new name,
+    or an `ort_int8` row says that no candidate passed."""
+    from bench.cpu import isa_class
+    from bench.int8choice import apply_choice
+
+    choice = apply_choice(
+        rows, cands, name=name, work_dir=work_dir, isa_class=isa_class(),
+        step_seconds={k: round(v, 1) for k, v in seconds.items()},
     )  # fmt: skip
-    rows = [
-        _row(
-            spec,
-            name,
-            by_case.get((spec.name, LATENCY_BATCH)),
-            by_case.get((spec.name, THROUGHPUT_BATCH)),
-            by_case.get(("torch_fp32", LATENCY_BATCH)),
-            judged.get(spec.name),
-            files,
-            fidelity,
-            model,
-        )
-        for spec in specs
-    ]
-    if made and "int8" in groups:
-        seconds["step"] = time.perf_counter() - t_step
-        choice = apply_choice(
-            rows, cands, name=name, work_dir=work_dir, isa_class=isa_class(),
-            step_seconds={k: round(v, 1) for k, v in seconds.items()},
-        )  # fmt: skip
-        log(f"[{name}] INT8: {choice['why']} ({seconds['step']:.0f} s for the step)")
-        for d in speed_rows:  # the speed rows follow the chosen row's new name
-            if choice["chosen"] and d["variant"] == f"ort_int8_{choice['chosen']}":
+    log(f"[{name}] INT8: {choice['why']} ({seconds['step']:.0f} s for the step)")
+    if choice["chosen"]:
+        for d in speed_rows:
+            if d["variant"] == f"ort_int8_{choice['chosen']}":
                 d["variant"] = "ort_int8"
-        if choice["chosen"] is None:
-            rows.insert(
-                1 + max(i for i, r in enumerate(rows) if r.get("candidate")),
-                _skipped_int8(name, choice, fidelity),
-            )
-    return rows, speed_rows
+        return
+    last = max(i for i, r in enumerate(rows) if r.get("candidate"))
+    rows.insert(last + 1, _skipped_int8(name, choice, fidelity))
 
 
 def _judge(specs, name, fidelity, thresholds, backends, judged, log) -> None:

@@ -114,9 +114,15 @@ def export_and_verify(
             entry["parity_passed"] = bool(parity.passed)
             if not parity.passed:
                 reporter.warn(f"[{name}] PARITY FAILED: {'; '.join(parity.failures)}")
+            held_out = None
+            if split == "test":
+                held_out = (_pixels(rctx, idx), labels)
+                entry.update(_stamp_own_figures(path, row, *held_out))
             rec = (results.get("recommendation") or {}).get("by_model", {}).get(name)
             if rec and rec.get("variant"):
-                entry["recommended"] = export_recommended(rec, name, out, path, results)
+                entry["recommended"] = export_recommended(
+                    rec, name, out, path, results, held_out=held_out
+                )
                 reporter.log(
                     f"[{name}] recommended deployment: {rec['variant']} -> "
                     f"{entry['recommended']['path']}"
@@ -129,7 +135,42 @@ def export_and_verify(
         _plot(results, out)
 
 
-def export_recommended(rec: dict, name: str, out: Path, fp32_path: Path, results: dict) -> dict:
+def _pixels(ctx, idx):
+    """The uint8 images `idx` as decoded (what `exports verify` and `predict` start from)."""
+    import numpy as np
+
+    images = ctx.dataset.images
+    pixels = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
+    return pixels[idx.cpu().numpy()]
+
+
+def _stamp_own_figures(path: Path, row: dict | None, pixels, labels) -> dict:
+    """Stamp the file with the test accuracy IT achieves (run as `exports verify` runs it),
+    keeping the training run's figure and its precision (bf16 autocast, say) beside it."""
+    from exports.runtime import Classifier
+    from exports.verify import file_test_figures, stamp_test_figures
+
+    figures = file_test_figures(Classifier(path), pixels, labels)
+    torch_figure = None
+    if row is not None and row.get("test_accuracy") is not None:
+        torch_figure = {
+            "accuracy": row["test_accuracy"],
+            "correct": row.get("test_correct"),
+            "precision": row.get("test_accuracy_precision") or row.get("amp") or "fp32",
+            "runtime": "torch",
+        }
+    stamp_test_figures(path, figures, torch_figure)
+    return {
+        "file_test_accuracy": figures["accuracy"],
+        "file_test_correct": figures["correct"],
+        "file_test_precision": figures["precision"],
+        "torch_test_accuracy": torch_figure,
+    }
+
+
+def export_recommended(
+    rec: dict, name: str, out: Path, fp32_path: Path, results: dict, held_out=None
+) -> dict:
     """Put the recommended variant's artifact next to the FP32 export, stamped with its figures.
 
     INT8/FP16 copies come from the speed step (out/variants/<model>/), made from the same
@@ -175,7 +216,11 @@ def export_recommended(rec: dict, name: str, out: Path, fp32_path: Path, results
     update_metadata(
         dst, {"fidelity": json.dumps(figures, sort_keys=True), "deployment_variant": rec["variant"]}
     )
+    own = {}
+    if held_out is not None and dst != fp32_path:  # an INT8/FP16 copy states its own figure
+        own = _stamp_own_figures(dst, None, *held_out)
     return {
+        **own,
         "variant": rec["variant"],
         "path": str(dst.relative_to(out)),
         "kind": "onnx",

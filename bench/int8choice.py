@@ -117,7 +117,10 @@ def choose_int8(rows: Sequence[dict]) -> tuple[dict | None, str]:
     if not passing:
         return None, f"no INT8 candidate passed fidelity ({', '.join(failing)} failed)"
     best = min(passing, key=lambda r: r["latency_ms_p50"])
-    why = f"{best['candidate']}: the fastest candidate that passed fidelity at batch 1 ({_p50s(measured)})"
+    why = (
+        f"{best['candidate']}: the fastest candidate that passed fidelity at batch 1 "
+        f"({_p50s(measured)})"
+    )
     if failing:
         why += f"; failed fidelity, never chosen: {', '.join(failing)}"
     return best, why

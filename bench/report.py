@@ -496,8 +496,9 @@ def deployment_markdown(results: dict) -> list[str]:
         "## Deployment variants",
         f"Measured on {env.get('cpu', '?')} ({cpu_isa_text(env)}), "
         f"{first.get('threads') or env.get('torch_threads')} threads. Every variant is timed "
-        "in the same interleaved rounds as torch eager FP32; 'vs torch FP32' is the median "
-        "of the per-round p50 ratios (>1: faster). Fidelity: every "
+        "at batch 1 in the same interleaved rounds as torch eager FP32 ('vs torch FP32' is "
+        "the median of the per-round p50 ratios, >1: faster), then at batch 32 in a second "
+        "window (INT8 candidates: the fastest two only). Fidelity: every "
         f"{first['fidelity_source']} image ({first['fidelity_images']}) through the variant, "
         "compared with torch eager FP32. FP32 variants need strict parity; reduced precision "
         "passes on the accuracy delta and top-1 agreement. A variant that fails is never "

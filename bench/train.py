@@ -572,6 +572,8 @@ def _final_metrics(name, seed, ctx: Context, folder, model, net, opt, loss_fn, h
         "best_epoch": state["epoch"],
         # the split every headline figure (summary, report, exports) comes from
         "accuracy_split": "test" if test else "val",
+        # scored under this autocast precision; the exported file states its own (fp32) figure
+        "test_accuracy_precision": ctx.precision.name,
         **{f"val_{k}": v for k, v in val["row"].items()},
         **{f"test_{k}": (test["row"][k] if test else None) for k in val["row"]},
         "val_loss": val_loss,

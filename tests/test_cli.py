@@ -76,8 +76,25 @@ def test_quick_run_is_labelled_and_exports_with_parity(tmp_path, capsys):
 
     info = Classifier(out / exp["path"]).info
     (row,) = results["rows"]
-    assert (info.test_accuracy, info.test_images) == (row["test_accuracy"], 12)
+    # ...the accuracy the FILE achieves (the run's own figure, maybe scored under bf16
+    # autocast, is kept beside it with its precision)
+    assert (info.test_accuracy, info.test_images) == (exp["file_test_accuracy"], 12)
+    measured = json.loads(info.raw["neu_bench.test_accuracy_measured"])
+    assert measured["correct"] == exp["file_test_correct"] and measured["precision"] == "fp32"
+    torch_fig = json.loads(info.raw["neu_bench.test_accuracy_torch"])
+    assert torch_fig["accuracy"] == row["test_accuracy"]
+    assert torch_fig["precision"] == row["test_accuracy_precision"] == row["amp"]
     assert info.split_hash == results["dataset"]["split_hash"]
+    # exports verify reproduces that figure exactly: same images, runtime, batch, count
+    proc = subprocess.run(
+        [sys.executable, "-m", "exports", "verify", str(out / exp["path"]), "--data", str(data),
+         "--json"], capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    verified = json.loads(proc.stdout)
+    assert proc.returncode == 0 and verified["passed"], proc.stdout + proc.stderr
+    assert verified["accuracy_tolerance"] == 0.0
+    assert "exact" in verified["accuracy_tolerance_reason"]
+    assert verified["onnx_correct"] == measured["correct"]
 
     # Deployment: torch FP32, ORT FP32 and ORT INT8, each with fidelity figures on the held-out
     # images, and a recommended artifact next to the FP32 export.
@@ -88,6 +105,9 @@ def test_quick_run_is_labelled_and_exports_with_parity(tmp_path, capsys):
     )
     for r in deployment.values():
         assert r["fidelity_images"] == held_out
+        if r.get("skipped"):  # ort_int8 when no INT8 candidate passed: it says so
+            assert "no INT8 candidate passed" in r["skipped"]
+            continue
         assert r["agreement"] is not None and r["test_accuracy"] is not None
         assert r["latency_ms_p50"] > 0 and r["speedup_vs_torch_fp32"] > 0
     rec = results["recommendation"]["by_model"]["shufflenet_v2_x0_5"]
@@ -117,8 +137,22 @@ def test_quick_run_is_labelled_and_exports_with_parity(tmp_path, capsys):
     # write mean 0.5, std 0.25, 3 channels): the same answers as the run's export.
     ckpt = out / row["checkpoint"]
     argv = ["speed", "--models", "shufflenet_v2_x0_5", "--checkpoint", str(ckpt), "--out",
-            str(tmp_path / "speed"), "--speed-min-seconds", "0", "--speed-min-iters", "2"]  # fmt: skip
-    assert main(argv) == 0
+            str(tmp_path / "speed"), "--speed-min-seconds", "0", "--speed-min-iters", "2",
+            "--variants", "int8", "--calibration-images", "8"]  # fmt: skip
+    assert main(argv + ["--data", str(data)]) == 0
+    # ...and, given the run's dataset, judged on the run's own 12 test images as bench run is
+    sped_results = json.loads((tmp_path / "speed" / "results.json").read_text())
+    for r in sped_results["deployment"]:
+        if not r.get("skipped"):
+            assert r["fidelity_source"].startswith("test split") and r["fidelity_images"] == 12
+            assert r["passed"] in (True, False) and r["test_accuracy"] is not None
+    ort_fp32 = next(r for r in sped_results["deployment"] if r["variant"] == "ort_fp32")
+    assert ort_fp32["test_accuracy"] == exp["onnx_accuracy"]  # the same file, the same images
+    # another dataset than the checkpoint's is refused, naming the flag
+    other = make_neu_flat(tmp_path / "other", per_class=7, size=(40, 40))
+    assert main(argv + ["--data", str(other)]) == 2
+    refused = capsys.readouterr().out
+    assert "--data" in refused and "dataset hash" in refused
     sped = tmp_path / "speed" / "exports" / "shufflenet_v2_x0_5.onnx"
     again = Classifier(sped).info
     assert (again.channels, again.mean, again.std) == (info.channels, info.mean, info.std)

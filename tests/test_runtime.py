@@ -436,3 +436,32 @@ def test_verify_bad_data_exit_2(verified_run, tmp_path, capsys):
     path = verified_run["export"](verified_run["tmp"] / "good.onnx")
     assert main(["verify", str(path), "--data", str(tmp_path / "empty")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_verify_reproduces_a_files_own_figure_exactly(verified_run, capsys):
+    # A figure the file states about itself (runtime, batch, count) must be met to the image;
+    # the old 2-image tolerance let a file that misstated its accuracy by one image pass.
+    from exports.verify import stamp_test_figures
+
+    path = verified_run["export"](verified_run["tmp"] / "stamped.onnx")
+    args = ["verify", str(path), "--data", str(verified_run["root"]), "--json"]
+    main(args)
+    k = json.loads(capsys.readouterr().out)["onnx_correct"]
+
+    def stamp(correct):
+        stamp_test_figures(path, {"correct": correct, "images": 12, "accuracy": correct / 12,
+                                  "precision": "fp32", "provider": "cpu", "batch_size": 32},
+                           {"accuracy": 0.5, "precision": "bf16", "runtime": "torch"})  # fmt: skip
+
+    stamp(k)
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy_tolerance"] == 0.0 and "exact" in result["accuracy_tolerance_reason"]
+    stamp(k - 1 if k else k + 1)  # one image off: within the old tolerance, now a failure
+    assert main(args) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert any("the file states" in f for f in result["failures"])
+    # another batch size than the stamp's: the tolerance applies, and says why
+    assert main([*args, "--batch-size", "5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy_tolerance"] > 0 and "batch 5" in result["accuracy_tolerance_reason"]

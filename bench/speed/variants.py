@@ -9,7 +9,7 @@ of them in the same rounds as torch eager FP32, the baseline every ratio is agai
 | torch_fp32                | TorchEager                                | (always)   |
 | ort_fp32                  | OnnxRuntime on the FP32 export            | (always)   |
 | torch_channels_last_fp32  | TorchEager(channels_last)                 | fp32       |
-| ort_int8                  | OnnxRuntime on the INT8 static QDQ copy   | int8       |
+| ort_int8 (+ candidates)   | OnnxRuntime on the INT8 static QDQ copies | int8       |
 | ort_fp16                  | OnnxRuntime (GPU provider) on the FP16 copy| fp16      |
 | torch_bf16 / torch_fp16   | TorchEager(autocast, channels_last)       | bf16       |
 | torch_compile_fp32        | TorchCompile (inductor)                   | compile    |
@@ -210,8 +210,9 @@ def plan_variants(
     int8_onnx / fp16_onnx: the copies made by exports.quantize (None when making one failed:
     `int8_unavailable` then says why). int8_candidates: (settings slug, file) of every INT8
     candidate: each is timed as `ort_int8_<slug>` (bench.int8choice keeps the fastest passing
-    one as `ort_int8`); without them `int8_onnx` is the one `ort_int8`. Factories are called later, one at a time, so a
-    variant that fails to build (e.g. an OpenVINO compile error) fails alone.
+    one as `ort_int8`); without them `int8_onnx` is the one `ort_int8`. Factories are called
+    later, one at a time, so a variant that fails to build (e.g. an OpenVINO compile error)
+    fails alone.
     """
     from bench.speed.backends import OnnxRuntime
 
