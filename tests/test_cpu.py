@@ -30,3 +30,13 @@ def test_labels_name_the_instruction_sets():
 def test_this_machine_is_described():
     isa = cpu.cpu_isa()
     assert isa["torch_capability"]  # torch always reports a dispatch level
+
+
+def test_isa_class_names_the_three_machine_classes():
+    zen5 = frozenset("avx2 fma avx512f avx512bw avx512_vnni avx512_bf16".split())
+    assert cpu.isa_class(cpu.cpu_isa(AVX2_EPYC)) == "AVX2"
+    assert cpu.isa_class(cpu.cpu_isa(zen5)) == "AVX-512 + VNNI + BF16 (no AMX)"
+    assert cpu.isa_class(cpu.cpu_isa(SAPPHIRE_RAPIDS)) == "AVX-512 + AMX"
+    # something else keeps its label rather than being forced into a class
+    skylake = frozenset("avx2 fma avx512f avx512bw".split())
+    assert cpu.isa_class(cpu.cpu_isa(skylake)) == "AVX-512"
