@@ -86,8 +86,11 @@ def max_batch_from_curve(curve: dict[int, float]) -> int | None:
     return min(b for b, v in curve.items() if v >= THROUGHPUT_SHARE * best)
 
 
-def serving_from_rows(rows: list[dict], *, model: str, precision: str, gpu: bool) -> Serving:
-    """Serving figures from a run's speed rows of the ONNX Runtime `precision` file."""
+def serving_from_rows(
+    rows: list[dict], *, model: str, precision: str, gpu: bool
+) -> Serving | None:
+    """Serving figures from a run's speed rows of the ONNX Runtime `precision` file; None
+    when the run measured none (--no-speed): add_model then times batch 1 itself."""
     mine = [
         r
         for r in rows
@@ -97,7 +100,9 @@ def serving_from_rows(rows: list[dict], *, model: str, precision: str, gpu: bool
         and r.get("latency_ms_p50") is not None
         and (r.get("provider") in ("cuda", "tensorrt")) == gpu
     ]
-    provider = mine[0]["provider"] if mine else ("cuda" if gpu else "cpu")
+    if not mine:
+        return None
+    provider = mine[0]["provider"]
     kind = "KIND_GPU" if gpu else "KIND_CPU"
     curve = {int(r["batch_size"]): float(r["throughput_img_s"]) for r in mine}
     b1 = [r for r in mine if r.get("batch_size") == 1 and not r.get("max_batch")]
@@ -402,9 +407,9 @@ def _place_version(folder: Path, versions: list[int], staged: Path) -> tuple[int
 # sources: a run folder or .onnx files
 
 
-def run_sources(run_dir: Path) -> list[tuple[Path, Serving]]:
+def run_sources(run_dir: Path) -> list[tuple[Path, Serving | None, bool]]:
     """The exported files of a `bench run` folder (FP32 export + recommended variant), each
-    with serving figures from that run's measurements."""
+    with serving figures from that run's measurements and whether it ran on CUDA."""
     results_path = run_dir / "results.json"
     if not results_path.is_file():
         raise RepositoryError(
@@ -425,29 +430,31 @@ def run_sources(run_dir: Path) -> list[tuple[Path, Serving]]:
             serving = serving_from_rows(
                 results.get("speed") or [], model=entry["model"], precision=precision, gpu=gpu
             )
-            sources.append((path, serving))
+            sources.append((path, serving, gpu))
     if not sources:
         raise RepositoryError(f"{results_path} lists no exported model that passed parity")
     return sources
 
 
 def write_repository(paths, out, *, raw: bool = True, gpu: bool | None = None) -> list[dict]:
-    """`python -m exports repository`: every run folder / .onnx file into repository `out`."""
+    """`python -m exports repository`: every run folder / .onnx file into repository `out`.
+    gpu None: KIND_GPU for files a run measured on CUDA, or FP16 files (GPU-only here)."""
     out = Path(out)
     check_repository(out)
-    jobs: list[tuple[Path, Serving | None]] = []
+    jobs: list[tuple[Path, Serving | None, bool]] = []
     for p in map(Path, paths):
         if p.is_dir():
             jobs += run_sources(p)
         elif p.is_file():
-            jobs.append((p, None))
+            jobs.append((p, None, p.name.endswith((".fp16.onnx", ".fp16.raw.onnx"))))
         else:
             raise RepositoryError(f"{p} does not exist: pass run folders or .onnx files")
     written = []
-    for path, serving in jobs:
-        if serving is not None and gpu is not None:
-            serving = Serving(**{**serving.__dict__, "instance_kind": _kind(gpu)})
-        written.append(add_model(out, path, serving=serving, raw=raw, gpu=bool(gpu)))
+    for path, serving, on_gpu in jobs:
+        on_gpu = on_gpu if gpu is None else gpu
+        if serving is not None:
+            serving = Serving(**{**serving.__dict__, "instance_kind": _kind(on_gpu)})
+        written.append(add_model(out, path, serving=serving, raw=raw, gpu=on_gpu))
     return written
 
 
