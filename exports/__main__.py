@@ -135,9 +135,7 @@ def print_table(title: str, results) -> int:
 
 
 def _add_serving_commands(sub) -> None:
-    r = sub.add_parser(
-        "repository", help="write a Triton / OpenVINO Model Server model repository"
-    )
+    r = sub.add_parser("repository", help="write a Triton / OpenVINO Model Server model repository")
     r.add_argument("sources", nargs="+", help="`bench run` output folders and/or .onnx files")
     r.add_argument("--out", required=True, help="the model repository folder (new or ours)")
     r.add_argument(

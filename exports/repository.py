@@ -86,9 +86,7 @@ def max_batch_from_curve(curve: dict[int, float]) -> int | None:
     return min(b for b, v in curve.items() if v >= THROUGHPUT_SHARE * best)
 
 
-def serving_from_rows(
-    rows: list[dict], *, model: str, precision: str, gpu: bool
-) -> Serving | None:
+def serving_from_rows(rows: list[dict], *, model: str, precision: str, gpu: bool) -> Serving | None:
     """Serving figures from a run's speed rows of the ONNX Runtime `precision` file; None
     when the run measured none (--no-speed): add_model then times batch 1 itself."""
     mine = [
@@ -238,7 +236,9 @@ def to_pbtxt(fields: dict, indent: int = 0) -> str:
     pad = "  " * indent
     lines = []
     for key, value in fields.items():
-        items = value if isinstance(value, list) and value and isinstance(value[0], dict) else [value]
+        items = (
+            value if isinstance(value, list) and value and isinstance(value[0], dict) else [value]
+        )
         for item in items:
             if isinstance(item, dict):
                 lines += [f"{pad}{key} {{", to_pbtxt(item, indent + 1), f"{pad}}}"]
@@ -344,7 +344,9 @@ def add_model(
     try:
         proto = onnx.load(str(src))
     except Exception as e:  # onnx raises DecodeError, OSError, ... for a file that is not ONNX
-        raise RepositoryError(f"{src} is not a readable ONNX model ({type(e).__name__}: {e})") from e
+        raise RepositoryError(
+            f"{src} is not a readable ONNX model ({type(e).__name__}: {e})"
+        ) from e
     info = parse_metadata({p.key: p.value for p in proto.metadata_props}, source=src)
     name = folder_name(info)
     folder = out / name

@@ -74,7 +74,9 @@ def test_composed_graph_takes_uint8_pixels_and_gives_the_plain_answers(
     plain_proto = onnx.load(str(plain))
     assert {n.op_type for n in proto.graph.node} >= {n.op_type for n in plain_proto.graph.node}
     assert len(proto.graph.node) == len(plain_proto.graph.node) + 5
-    assert {t.name for t in plain_proto.graph.initializer} <= {t.name for t in proto.graph.initializer}
+    assert {t.name for t in plain_proto.graph.initializer} <= {
+        t.name for t in proto.graph.initializer
+    }
 
     info = parse_metadata({p.key: p.value for p in proto.metadata_props})
     assert info.input_kind == "raw"
@@ -127,7 +129,9 @@ def test_parity_check_catches_a_wrong_normalisation(grey_plain):
 def test_failed_parity_writes_nothing(grey_plain, tmp_path, monkeypatch):
     import exports.rawpixel as rp
 
-    monkeypatch.setattr(rp, "check_raw_parity", lambda *a, **k: {"passed": False, "failures": ["x"]})
+    monkeypatch.setattr(
+        rp, "check_raw_parity", lambda *a, **k: {"passed": False, "failures": ["x"]}
+    )
     dst = tmp_path / "m.raw.onnx"
     with pytest.raises(RawParityError, match="parity"):
         embed_preprocessing(grey_plain, dst)
