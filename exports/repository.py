@@ -358,8 +358,10 @@ def add_model(
         parity = None
         if raw and not info.raw_pixels:
             parity = embed_preprocessing(src, staged, pixels=pixels, source=pixels_source)
-        else:
+        else:  # served as it is; a raw-pixel file carries its own parity figures
             shutil.copyfile(src, staged)
+            stamped = info.raw.get(METADATA_PREFIX + "raw_parity")
+            parity = json.loads(stamped) if stamped else None
         served = onnx.load(str(staged))
         served_info = parse_metadata({p.key: p.value for p in served.metadata_props}, source=src)
         if serving is None:

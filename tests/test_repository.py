@@ -235,3 +235,14 @@ def test_acceptance_bench_run_repository_predicts_like_the_plain_export(neu_data
         )
     raw = results["repository"]["models"][0]["raw_parity"]
     assert raw["passed"] and raw["images"] == results["exports"][0]["n_images"]
+    assert raw["images_source"] == "test split" and raw["top1_disagreements"] == 0
+
+
+def test_serving_a_raw_pixel_file_keeps_its_parity_figures(plain, tmp_path):
+    from exports.rawpixel import embed_preprocessing
+
+    raw = tmp_path / "shufflenet_v2_x0_5.raw.onnx"
+    embed_preprocessing(plain, raw, pixels=pixels(10, 1, seed=2), source="test split")
+    (w,) = write_repository([raw], tmp_path / "repo")
+    assert w["raw_parity"]["images"] == 10 and w["raw_parity"]["images_source"] == "test split"
+    assert (tmp_path / "repo" / w["folder"] / "1" / "model.onnx").read_bytes() == raw.read_bytes()
