@@ -341,13 +341,7 @@ def add_model(
 
     out, src = Path(out), Path(src)
     check_repository(out)
-    try:
-        proto = onnx.load(str(src))
-    except Exception as e:  # onnx raises DecodeError, OSError, ... for a file that is not ONNX
-        raise RepositoryError(
-            f"{src} is not a readable ONNX model ({type(e).__name__}: {e})"
-        ) from e
-    info = parse_metadata({p.key: p.value for p in proto.metadata_props}, source=src)
+    info = _read_info(src)
     name = folder_name(info)
     folder = out / name
     versions = existing_versions(folder)
@@ -355,7 +349,6 @@ def add_model(
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
     try:
         staged = stage / MODEL_FILE
-        parity = None
         if raw and not info.raw_pixels:
             parity = embed_preprocessing(src, staged, pixels=pixels, source=pixels_source)
         else:  # served as it is; a raw-pixel file carries its own parity figures
@@ -363,16 +356,19 @@ def add_model(
             stamped = info.raw.get(METADATA_PREFIX + "raw_parity")
             parity = json.loads(stamped) if stamped else None
         served = onnx.load(str(staged))
-        served_info = parse_metadata({p.key: p.value for p in served.metadata_props}, source=src)
+        served_info = _read_info(staged)
         if serving is None:
             serving = measure_serving(staged, served_info, gpu=gpu)
         text = to_pbtxt(build_config(name, served, served_info, serving)) + "\n"
         validated = validate_config(text, source=str(folder / CONFIG))
+        # Config first, version last: a kill in between leaves a folder that the next run
+        # accepts and completes (config.pbtxt without versions), never a version without one.
+        folder.mkdir(exist_ok=True)
+        atomic_write_text(folder / LABELS, "".join(c + "\n" for c in served_info.classes))
+        atomic_write_text(folder / CONFIG, text)
         version, reused = _place_version(folder, versions, staged)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    atomic_write_text(folder / LABELS, "".join(c + "\n" for c in served_info.classes))
-    atomic_write_text(folder / CONFIG, text)
     return {
         "folder": name,
         "version": version,
@@ -387,6 +383,18 @@ def add_model(
         "config_validated_with_tritonclient": validated,
         "raw_parity": parity,
     }
+
+
+def _read_info(path: Path):
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError, OSError, ... for a file that is not ONNX
+        raise RepositoryError(
+            f"{path} is not a readable ONNX model ({type(e).__name__}: {e})"
+        ) from e
+    return parse_metadata({p.key: p.value for p in proto.metadata_props}, source=path)
 
 
 def _place_version(folder: Path, versions: list[int], staged: Path) -> tuple[int, bool]:

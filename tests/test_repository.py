@@ -236,6 +236,8 @@ def test_acceptance_bench_run_repository_predicts_like_the_plain_export(neu_data
     raw = results["repository"]["models"][0]["raw_parity"]
     assert raw["passed"] and raw["images"] == results["exports"][0]["n_images"]
     assert raw["images_source"] == "test split" and raw["top1_disagreements"] == 0
+    report = (out / "report.md").read_text()
+    assert "### Model repository" in report and "| shufflenet_v2_x1_0 | 1 | raw fp32 |" in report
 
 
 def test_serving_a_raw_pixel_file_keeps_its_parity_figures(plain, tmp_path):
@@ -246,3 +248,27 @@ def test_serving_a_raw_pixel_file_keeps_its_parity_figures(plain, tmp_path):
     (w,) = write_repository([raw], tmp_path / "repo")
     assert w["raw_parity"]["images"] == 10 and w["raw_parity"]["images_source"] == "test split"
     assert (tmp_path / "repo" / w["folder"] / "1" / "model.onnx").read_bytes() == raw.read_bytes()
+
+
+def test_a_failed_model_leaves_the_repository_as_it_was(plain, tmp_path, monkeypatch):
+    import exports.rawpixel as rp
+
+    repo = tmp_path / "repo"
+    add_model(repo, plain)
+    before = sorted(str(p.relative_to(repo)) for p in repo.rglob("*"))
+    monkeypatch.setattr(
+        rp, "check_raw_parity", lambda *a, **k: {"passed": False, "failures": ["x"]}
+    )
+    changed = tmp_path / "other" / "m.onnx"
+    changed.parent.mkdir()
+    proto = onnx.load(str(plain))
+    props = {p.key: p.value for p in proto.metadata_props}
+    props[METADATA_PREFIX + "model"] = "another_model"
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, str(changed))
+    with pytest.raises(rp.RawParityError):
+        add_model(repo, changed)
+    assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) == before
+    monkeypatch.undo()
+    assert add_model(repo, changed)["folder"] == "another_model"  # and it can still be written
