@@ -397,11 +397,29 @@ def _read_info(path: Path):
     return parse_metadata({p.key: p.value for p in proto.metadata_props}, source=path)
 
 
+def _same_model(a: Path, b: Path) -> bool:
+    """Same bytes, or the same file re-exported: only neu_bench.export_date differs (a resumed
+    `bench run` exports its checkpoint again; that is no new version to serve)."""
+    if a.read_bytes() == b.read_bytes():
+        return True
+    import onnx
+
+    def canonical(path: Path) -> bytes:
+        proto = onnx.load(str(path))
+        props = {p.key: p.value for p in proto.metadata_props}
+        props.pop(METADATA_PREFIX + "export_date", None)
+        del proto.metadata_props[:]
+        onnx.helper.set_model_props(proto, dict(sorted(props.items())))
+        return proto.SerializeToString(deterministic=True)
+
+    return canonical(a) == canonical(b)
+
+
 def _place_version(folder: Path, versions: list[int], staged: Path) -> tuple[int, bool]:
     """Move the staged file into a new version folder, or reuse the latest if identical."""
     if versions:
         latest = folder / str(versions[-1]) / MODEL_FILE
-        if latest.read_bytes() == staged.read_bytes():
+        if _same_model(latest, staged):
             return versions[-1], True
     version = (versions[-1] + 1) if versions else 1
     folder.mkdir(parents=True, exist_ok=True)

@@ -117,6 +117,15 @@ def test_versions_increment_and_are_never_overwritten(plain, tmp_path):
     v1 = (repo / "shufflenet_v2_x0_5" / "1" / "model.onnx").read_bytes()
     again = add_model(repo, plain)  # the same file: nothing new to serve
     assert (first["version"], again["version"], again["reused_version"]) == (1, 1, True)
+    redone = tmp_path / "redone" / "shufflenet_v2_x0_5.onnx"  # re-exported: only the date differs
+    redone.parent.mkdir()
+    proto = onnx.load(str(plain))
+    for p in proto.metadata_props:
+        if p.key == METADATA_PREFIX + "export_date":
+            p.value = "2030-01-01T00:00:00+00:00"
+    onnx.save(proto, str(redone))
+    assert redone.read_bytes() != plain.read_bytes()
+    assert add_model(repo, redone)["version"] == 1
     changed = tmp_path / "shufflenet_v2_x0_5.onnx"
     proto = onnx.load(str(plain))
     props = {p.key: p.value for p in proto.metadata_props}
