@@ -453,9 +453,10 @@ def run_sources(run_dir: Path) -> list[tuple[Path, Serving | None, bool]]:
             continue
         rec = entry.get("recommended") or {}
         gpu = rec.get("provider") in ("cuda", "tensorrt") or bool(env.get("cuda_available"))
-        files = [(run_dir / entry["path"], "fp32")]
+        # The raw-pixel copy when the run wrote one (its parity was proven on the test images).
+        files = [(run_dir / _served_path(entry), "fp32")]
         if rec.get("kind") == "onnx" and rec["path"] != entry["path"]:
-            files.append((run_dir / rec["path"], rec.get("precision", "fp32")))
+            files.append((run_dir / _served_path(rec), rec.get("precision", "fp32")))
         for path, precision in files:
             serving = serving_from_rows(
                 results.get("speed") or [], model=entry["model"], precision=precision, gpu=gpu
@@ -464,6 +465,11 @@ def run_sources(run_dir: Path) -> list[tuple[Path, Serving | None, bool]]:
     if not sources:
         raise RepositoryError(f"{results_path} lists no exported model that passed parity")
     return sources
+
+
+def _served_path(record: dict) -> str:
+    raw = record.get("raw_pixel") or {}
+    return raw["path"] if raw.get("passed") and raw.get("path") else record["path"]
 
 
 def write_repository(paths, out, *, raw: bool = True, gpu: bool | None = None) -> list[dict]:

@@ -281,3 +281,42 @@ def test_a_failed_model_leaves_the_repository_as_it_was(plain, tmp_path, monkeyp
     assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) == before
     monkeypatch.undo()
     assert add_model(repo, changed)["folder"] == "another_model"  # and it can still be written
+
+
+def test_run_folder_serves_its_raw_copy_with_the_runs_figures(plain, int8, tmp_path):
+    import shutil
+
+    from exports.rawpixel import embed_preprocessing
+
+    run = tmp_path / "run"
+    (run / "exports").mkdir(parents=True)
+    for f in (plain, int8):
+        shutil.copy(f, run / "exports" / f.name)
+    raw = embed_preprocessing(
+        run / "exports" / plain.name, pixels=pixels(6, 1), source="test split"
+    )
+    rows = [
+        {"model": "shufflenet_v2_x0_5", "runtime": "onnxruntime", "provider": "cpu",
+         "precision": prec, "batch_size": b, "latency_ms_p50": ms, "throughput_img_s": ips}
+        for prec in ("fp32", "int8")
+        for b, ms, ips in ((1, 4.0, 250.0), (32, 40.0, 800.0))
+    ]  # fmt: skip
+    entry = {
+        "model": "shufflenet_v2_x0_5", "path": f"exports/{plain.name}", "parity_passed": True,
+        "raw_pixel": {**raw, "path": f"exports/{Path(raw['path']).name}"},
+        "recommended": {"kind": "onnx", "path": f"exports/{int8.name}", "precision": "int8"},
+    }  # fmt: skip
+    results = {"exports": [entry], "speed": rows, "environment": {"cuda_available": False}}
+    (run / "results.json").write_text(json.dumps(results))
+    written = write_repository([run], tmp_path / "repo")
+    assert [w["folder"] for w in written] == ["shufflenet_v2_x0_5", "shufflenet_v2_x0_5_int8"]
+    assert written[0]["source"].endswith(".raw.onnx") and written[0]["raw_parity"]["images"] == 6
+    assert written[1]["raw_parity"]["images_source"].startswith("synthetic")
+    for w in written:
+        config = check_against_graph(tmp_path / "repo" / w["folder"])
+        assert (config.max_batch_size, config.dynamic_batching.max_queue_delay_microseconds) == (
+            32,
+            2000,
+        )
+    with pytest.raises(RepositoryError, match="results.json"):
+        write_repository([tmp_path / "repo"], tmp_path / "other")
