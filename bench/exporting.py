@@ -114,9 +114,8 @@ def export_and_verify(
             entry["parity_passed"] = bool(parity.passed)
             if not parity.passed:
                 reporter.warn(f"[{name}] PARITY FAILED: {'; '.join(parity.failures)}")
-            held_out = None
-            if split == "test":
-                held_out = (_pixels(rctx, idx), labels)
+            held_out = _test_pixels(rctx, idx, labels) if split == "test" else None
+            if held_out is not None:
                 entry.update(_stamp_own_figures(path, row, *held_out))
             rec = (results.get("recommendation") or {}).get("by_model", {}).get(name)
             if rec and rec.get("variant"):
@@ -131,17 +130,21 @@ def export_and_verify(
             entry.update(parity_passed=False, error=f"{type(e).__name__}: {e}")
             reporter.warn(f"[{name}] export failed: {entry['error']}")
         results["exports"].append(entry)
+    if opts.embed_preprocessing or opts.export_repository:
+        from bench.serving import serve_exports
+
+        serve_exports(results, out, ctx, opts, reporter, contexts=contexts)
     if opts.speed:
         _plot(results, out)
 
 
-def _pixels(ctx, idx):
-    """The uint8 images `idx` as decoded (what `exports verify` and `predict` start from)."""
-    import numpy as np
-
-    images = ctx.dataset.images
-    pixels = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
-    return pixels[idx.cpu().numpy()]
+def _test_pixels(ctx, idx, labels):
+    """(uint8 test images as decoded, labels): what `exports verify` and `predict` start from,
+    or None when the decode cache holds another size than the model's input (then the file
+    keeps the run's figure and verify applies its tolerance, saying why)."""
+    raw = ctx.gather(idx).cpu().numpy()
+    size = ctx.recipe.image_size
+    return (raw, labels) if raw.shape[-2:] == (size, size) else None
 
 
 def _stamp_own_figures(path: Path, row: dict | None, pixels, labels) -> dict:
