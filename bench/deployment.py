@@ -94,8 +94,9 @@ def measure_deployment(
     backends: dict[str, object] = {}
     judged: dict[str, dict] = {}
     t0 = time.perf_counter()
-    _judge(specs, name, fidelity, thresholds, backends, judged, log)
-    cands += _fallbacks(model, specs, made, judged, backends, fp32_onnx=fp32_onnx,
+    ref: dict = {}  # {"logits": torch eager FP32's}
+    _judge(specs, name, fidelity, thresholds, backends, judged, log, ref)
+    cands += _fallbacks(model, specs, made, judged, backends, ref, fp32_onnx=fp32_onnx,
                         work_dir=work_dir, name=name, calibration=calibration,
                         fidelity=fidelity, thresholds=thresholds, plan=plan, log=log)  # fmt: skip
     seconds["fidelity"] = time.perf_counter() - t0
@@ -107,10 +108,10 @@ def measure_deployment(
         backends, specs, judged, fidelity, name=name, image_size=image_size, rounds=rounds,
         timing=timing, seconds=seconds, log=log,
     )  # fmt: skip
-    ref = by_case.get(("torch_fp32", LATENCY_BATCH))
+    base = by_case.get(("torch_fp32", LATENCY_BATCH))
     rows = [
         _row(spec, name, by_case.get((spec.name, LATENCY_BATCH)),
-             by_case.get((spec.name, THROUGHPUT_BATCH)), ref, judged.get(spec.name), files,
+             by_case.get((spec.name, THROUGHPUT_BATCH)), base, judged.get(spec.name), files,
              fidelity, model)
         for spec in specs
     ]  # fmt: skip
@@ -144,7 +145,7 @@ def _make_copies(fp32_onnx, work_dir, name, groups, calibration, vnni, log):
     return cands, fp16_path, unavailable
 
 
-def _fallbacks(model, specs, made, judged, backends, *, fp32_onnx, work_dir, name,
+def _fallbacks(model, specs, made, judged, backends, ref, *, fp32_onnx, work_dir, name,
                calibration, fidelity, thresholds, plan, log) -> list:  # fmt: skip
     """MinMax candidates that failed fidelity get a Percentile-calibrated version of the same
     settings, judged like the rest and placed after the last candidate in `specs`. Only with
@@ -160,7 +161,7 @@ def _fallbacks(model, specs, made, judged, backends, *, fp32_onnx, work_dir, nam
                          fp16_onnx=None, int8_candidates=ok, **plan)[2:]  # fmt: skip
     last = max(i for i, s in enumerate(specs) if s.candidate) + 1
     specs[last:last] = more
-    _judge(more, name, fidelity, thresholds, backends, judged, log)
+    _judge(more, name, fidelity, thresholds, backends, judged, log, ref)
     return extra
 
 
@@ -184,7 +185,7 @@ def _choose(rows, speed_rows, cands, *, name, work_dir, fidelity, seconds, log) 
     rows.insert(last + 1, _skipped_int8(name, choice, fidelity))
 
 
-def _judge(specs, name, fidelity, thresholds, backends, judged, log) -> None:
+def _judge(specs, name, fidelity, thresholds, backends, judged, log, ref: dict) -> None:
     """Build each runnable spec's backend and compare its logits on the fidelity images with
     torch eager FP32's (the first spec); a variant that fails to build or run is skipped
     with the reason, alone."""
@@ -195,9 +196,9 @@ def _judge(specs, name, fidelity, thresholds, backends, judged, log) -> None:
         try:
             backend = spec.make()
             logits = _logits(backend, fidelity.inputs)
-            reference = judged.get("_reference")
-            if reference is None:  # torch_fp32 comes first: the reference of every comparison
-                judged["_reference"] = reference = logits
+            # torch_fp32 comes first: its logits are the reference of every comparison
+            # (kept in `ref`, so the fallbacks judged later compare with the same).
+            reference = ref.setdefault("logits", logits)
             precision = backend.provenance()["precision"]
             judged[spec.name] = compare_logits(
                 reference, logits, fidelity.labels, precision=precision, thresholds=thresholds
