@@ -171,7 +171,9 @@ class RunOptions:
     exclude_bad: bool = False
     """Skip unreadable or unlabelled files (listed in the report) instead of failing."""
     split: str | None = None
-    """Reuse a split manifest (JSON written by a previous run) instead of making one."""
+    """Reuse a split manifest (JSON written by a previous run) instead of making one. The
+    split flags take its values (one given that disagrees is an error); its mean/std,
+    classes, image size and channels are checked against the data."""
     seeds: str = "0"
     """Training seeds, comma separated; accuracy is reported as mean, std and a 95% interval."""
     out: str | None = None

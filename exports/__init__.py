@@ -5,6 +5,7 @@
 - `exports.runtime` (NO torch): create_session, Classifier, collect_images - what a deployment runs
 - `exports.quantize` (NO torch): INT8 static QDQ and FP16 copies of an export, same metadata
 - `exports.fidelity` (NO torch): does a variant's output match FP32 torch (parity / accuracy rules)
+- `exports.figures` (NO torch): a file's own figures stamped into it; what verify re-checks
 - `python -m exports predict|verify`
 
 Importing this package is cheap, torch-free and has no side effects: a deployment that only

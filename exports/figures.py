@@ -108,7 +108,7 @@ def stamp_figures(path: str | Path, values: dict[str, str]) -> Path:
 
 
 def graph_precision(path: str | Path) -> str:
-    """"int8" when the graph holds quantization ops, "fp16" when it holds float16 tensors,
+    """ "int8" when the graph holds quantization ops, "fp16" when it holds float16 tensors,
     else "fp32": what the file computes in, whatever its metadata says."""
     import onnx
 
@@ -127,8 +127,10 @@ def measured_here(info, provider: str) -> bool:
     """Were the file's own figures measured by the runtime and provider verify runs now?
     Then verify demands the same count of correct images, not a tolerance."""
     fid = info.fidelity or {}
-    return bool(fid.get("judged")) and fid.get("runtime") == "onnxruntime" and (
-        fid.get("provider") == provider
+    return (
+        bool(fid.get("judged"))
+        and fid.get("runtime") == "onnxruntime"
+        and (fid.get("provider") == provider)
     )
 
 

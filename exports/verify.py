@@ -7,6 +7,11 @@ test accuracy) through the torch-free preprocessing (neu.image.normalize of the 
 pixels, exactly what `predict` does), and compares with the recorded accuracy. With
 --checkpoint it also runs the full torch-vs-ONNX parity check on those images.
 
+It also holds every other figure the file states and can be re-checked against what it
+measures (exports.figures.check_stated): test_images, neu_bench.precision against the
+graph, the file's own fidelity figures, a rejection; what it cannot check is listed as
+not verified.
+
 When the recorded figure cannot be compared (other dataset, other split, nothing recorded)
 verify FAILS: it never prints "passed" after checking nothing. --allow-other-data runs the
 model anyway and lists what was and was not verified.
@@ -165,8 +170,7 @@ def run_verify(
         )
         if not not_comparable:
             verified.append(
-                f"that accuracy reproduces the recorded {which}_accuracy {recorded:.4f} "
-                f"({rule})"
+                f"that accuracy reproduces the recorded {which}_accuracy {recorded:.4f} ({rule})"
             )
     if not_comparable:
         not_verified.append(

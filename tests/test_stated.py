@@ -11,8 +11,8 @@ import pytest
 
 from bench.config import ConfigError, build_configs
 from exports.__main__ import main as exports_main
-from exports.figures import own_figures, stamp_figures
 from exports.fidelity import compare_logits
+from exports.figures import own_figures, stamp_figures
 from exports.quantize import int8_settings, quantize_int8, update_metadata
 from exports.runtime import Classifier
 from neu.dataset import DatasetError, load_dataset
