@@ -169,6 +169,7 @@ def test_verify_fails_on_a_wrong_test_image_count_or_precision(verified_run, tmp
         assert why in captured.err and "verify: FAILED" in captured.out
 
 
+@pytest.mark.isa  # INT8 numerics: run once per CPU class
 def test_verify_holds_a_variant_to_its_own_accuracy_exactly(verified_run, tmp_path, capsys):  # noqa: F811
     from neu.split import make_split as split_of
 
