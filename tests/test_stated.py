@@ -14,7 +14,7 @@ from exports.__main__ import main as exports_main
 from exports.fidelity import compare_logits
 from exports.figures import own_figures, stamp_figures
 from exports.quantize import int8_settings, quantize_int8, update_metadata
-from exports.runtime import Classifier
+from exports.runtime import Classifier, deployment_warning
 from neu.dataset import DatasetError, load_dataset
 from neu.image import normalize
 from neu.split import load_manifest, make_split, save_manifest
@@ -116,6 +116,8 @@ def test_variant_files_carry_their_own_figures(measured):  # noqa: F811
     fp16 = Classifier(tmp / "variants" / "m.fp16.onnx").info
     assert fp16.fidelity == {"judged": False, "reason": rows["ort_fp16"]["skipped"]}
     assert fp16.test_accuracy is None
+    assert "was never judged on images" in deployment_warning(fp16, "m.fp16.onnx")
+    assert deployment_warning(fp32) is None
 
 
 def _flip(logits, rows):
