@@ -112,6 +112,7 @@ def measure_deployment(
     )
     backends: dict[str, object] = {}
     judged: dict[str, dict] = {}
+    providers: dict[str, str | None] = {}
     reference = None
     for spec in specs:
         if spec.make is None:
@@ -123,6 +124,7 @@ def measure_deployment(
             if reference is None:  # torch_fp32 comes first: the reference of every comparison
                 reference = logits
             precision = backend.provenance()["precision"]
+            providers[spec.name] = backend.provenance().get("provider")
             judged[spec.name] = compare_logits(
                 reference, logits, fidelity.labels, precision=precision, thresholds=thresholds
             ).to_dict()
@@ -130,6 +132,7 @@ def measure_deployment(
             spec.skipped = f"failed: {type(e).__name__}: {str(e)[:300]}"
             continue
         backends[spec.name] = backend
+    stamp_files(files, specs, judged, providers, fidelity.source, log)
 
     named = [
         (v, Case(b, bs)) for v, b in backends.items() for bs in (LATENCY_BATCH, THROUGHPUT_BATCH)
@@ -170,6 +173,37 @@ def measure_deployment(
         for spec in specs
     ]
     return rows, speed_rows
+
+
+# The variant whose run on the fidelity images is each ONNX file's own record: ONNX Runtime,
+# the runtime `python -m exports predict` and `verify` use.
+_FILE_JUDGE = {"onnx:fp32": "ort_fp32", "onnx:int8": "ort_int8", "onnx:fp16": "ort_fp16"}
+
+
+def stamp_files(files, specs, judged, providers, source, log) -> None:
+    """Write into every ONNX file made here what it achieved itself (exports.figures): its own
+    accuracy, agreement and pass/fail, `rejected` with the reason when it failed, or that it
+    was not judged. Without this an INT8 copy would state its parent's accuracy."""
+    from exports.figures import own_figures, stamp_figures
+
+    by_name = {s.name: s for s in specs}
+    for artifact, path in files.items():
+        spec = by_name.get(_FILE_JUDGE[artifact])
+        if path is None or not Path(path).is_file():
+            continue
+        fid = judged.get(spec.name) if spec else None
+        skipped = (spec.skipped if spec else None) or "not in --variants"
+        values = own_figures(
+            fid,
+            precision=artifact.split(":")[1],
+            runtime="onnxruntime",
+            provider=providers.get(spec.name) if spec else None,
+            source=source,
+            skipped=skipped,
+        )
+        stamp_figures(path, values)
+        if values["rejected"]:
+            log(f"{Path(path).name}: marked rejected ({values['rejected']})")
 
 
 def _logits(backend, x: np.ndarray, batch: int = THROUGHPUT_BATCH) -> np.ndarray:

@@ -384,6 +384,9 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
 
     if not d.is_main:  # speed, export and the report are rank 0's, without collectives
         return results, 0
+    from bench.measure import record_checkpoint_sizes
+
+    record_checkpoint_sizes(results, out)  # shown in the report with or without --no-speed
     staged: dict[str, Path] = {}  # model -> ONNX file the speed step exported (see there)
     if opts.speed:
         from bench.measure import measure_speed

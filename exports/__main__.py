@@ -28,6 +28,7 @@ from exports.runtime import (
     ModelFormatError,
     ProviderUnavailableError,
     collect_images,
+    deployment_warning,
 )
 
 
@@ -82,6 +83,9 @@ def main(argv=None) -> int:
 
 
 def predict(clf: Classifier, args) -> int:
+    warning = deployment_warning(clf.info, clf.path)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     images, skipped = collect_images(args.images)
     if skipped:
         names = ", ".join(str(s) for s in skipped[:5])
@@ -108,28 +112,32 @@ def print_table(title: str, results) -> int:
     """A rich table where rich is installed; plain tab-separated lines where it is not (a
     deployment needs onnxruntime, numpy and pillow only). Returns how many images failed."""
     rows = [
-        (r["file"], f"error: {r['error']}", "", True)
+        (r["file"], f"error: {r['error']}", "", "", True)
         if "error" in r
-        else (r["file"], r["class"], f"{r['confidence']:.4f}", False)
+        else (r["file"], r["class"], f"{r['confidence']:.4f}", "; ".join(r["warnings"]), False)
         for r in results
     ]
-    failed = sum(row[3] for row in rows)
+    failed = sum(row[4] for row in rows)
+    with_notes = any(row[3] for row in rows)
     try:
         from rich.console import Console
         from rich.markup import escape
         from rich.table import Table
     except ImportError:
         print(title)
-        print("file\tclass\tconfidence")
+        print("file\tclass\tconfidence" + ("\tnote" if with_notes else ""))
         for row in rows:
-            print("\t".join(row[:3]))
+            print("\t".join(row[: 4 if with_notes else 3]))
         return failed
     table = Table(title=title)
     table.add_column("file", overflow="fold")  # wrap long paths instead of cutting them
     table.add_column("class", overflow="fold")
     table.add_column("confidence", justify="right", no_wrap=True)
-    for file, cls, conf, error in rows:
-        table.add_row(escape(file), escape(cls), conf, style="red" if error else None)
+    if with_notes:  # what changed an input's meaning on the way to the model
+        table.add_column("note", overflow="fold", style="yellow")
+    for file, cls, conf, note, error in rows:
+        cells = [escape(file), escape(cls), conf] + ([escape(note)] if with_notes else [])
+        table.add_row(*cells, style="red" if error else None)
     Console().print(table)
     return failed
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neu.image import IMAGE_EXTENSIONS, RESIZE_METHOD, load_image, normalize
+from neu.image import IMAGE_EXTENSIONS, RESIZE_METHOD, decode_image, normalize
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -61,6 +61,10 @@ PROVENANCE_KEYS = (
     "export_date",
     "precision",
 )
+# What the file itself achieved, stamped by `bench run` after judging it (absent in files
+# exported by hand): "fidelity" (JSON: its own test accuracy, agreement, passed, rule...) and
+# "rejected" (why it failed, empty when it passed).
+OWN_FIGURE_KEYS = ("fidelity", "rejected")
 # What a file computes in: "fp32" (the export), or a reduced-precision copy made by
 # exports.quantize. Files from before precision was recorded are fp32.
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -211,6 +215,8 @@ class ModelInfo:
     split: dict | None = None
     weights: str | None = None
     precision: str = "fp32"
+    fidelity: dict | None = None  # the file's own figures (see OWN_FIGURE_KEYS)
+    rejected: str | None = None  # why this file failed its fidelity check; None: not rejected
     raw: dict[str, str] = field(default_factory=dict)  # every metadata_props entry, unparsed
     input_kind: str = "normalized"  # or "raw": uint8 pixels in, preprocessing in the graph
 
@@ -308,6 +314,9 @@ def parse_metadata(props: dict[str, str], *, source: str | Path = "model") -> Mo
     precision = meta.get("precision") or "fp32"
     if precision not in PRECISIONS:
         raise bad("precision", f"is not one of {', '.join(PRECISIONS)}")
+    fidelity = load_json("fidelity") if meta.get("fidelity") else None
+    if fidelity is not None and not isinstance(fidelity, dict):
+        raise bad("fidelity", "is not a JSON object")
     return ModelInfo(
         model=meta["model"],
         classes=list(classes),
@@ -324,9 +333,32 @@ def parse_metadata(props: dict[str, str], *, source: str | Path = "model") -> Mo
         split=split,
         weights=meta.get("weights"),
         precision=precision,
+        fidelity=fidelity,
+        rejected=meta.get("rejected") or None,
         raw=dict(props),
         input_kind=input_kind,
     )
+
+
+def deployment_warning(info: ModelInfo, source: str | Path = "model") -> str | None:
+    """Why this file should not be deployed as it is, or None: a file whose own fidelity check
+    failed (`rejected`), or a reduced-precision copy nobody judged on images."""
+    if info.rejected:
+        figures = info.fidelity or {}
+        acc = figures.get("test_accuracy")
+        agr = figures.get("agreement")
+        return (
+            f"{source} was REJECTED by its fidelity check ({info.rejected}); its own figures: "
+            f"test accuracy {'n/a' if acc is None else f'{acc:.4f}'}, agreement with FP32 "
+            f"{'n/a' if agr is None else f'{100 * agr:.2f}%'}. Deploy the FP32 file or the "
+            "recommended variant instead"
+        )
+    if info.precision != "fp32" and (info.fidelity or {}).get("judged") is False:
+        return (
+            f"{source} ({info.precision}) was never judged on images "
+            f"({info.fidelity.get('reason', 'no reason recorded')}): its accuracy is unknown"
+        )
+    return None
 
 
 def check_graph(session, info: ModelInfo, *, source: str | Path = "model") -> None:
@@ -489,10 +521,12 @@ class Classifier:
     ) -> Iterator[dict]:
         """Yield one result per path, in order, decoding and running `batch_size` at a time.
 
-        A result is {"file", "class", "index", "confidence", "probabilities": {name: p}}, or
-        {"file", "error"} for a file that cannot be read as an image: one bad file never stops
-        the others. Images of another size are resized exactly as in training
-        (neu.image.load_image: Pillow bilinear to image_size x image_size, "L" or "RGB").
+        A result is {"file", "class", "index", "confidence", "probabilities": {name: p},
+        "warnings": [...]}, or {"file", "error"} for a file that cannot be read as an image:
+        one bad file never stops the others. Images are decoded exactly as in training
+        (neu.image.decode_image: by bit depth, Pillow bilinear to image_size x image_size,
+        "L" or "RGB"); `warnings` names what changed the input's meaning on the way (aspect
+        ratio squashed, frames or alpha dropped, a constant image), empty when nothing did.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -506,15 +540,17 @@ class Classifier:
                 try:
                     if Path(p).is_dir():
                         raise IsADirectoryError(f"{p} is a folder")
-                    loaded.append(load_image(p, size=self.image_size, channels=self.channels))
+                    d = decode_image(p, size=self.image_size, channels=self.channels)
+                    loaded.append(d.pixels)
                     slots.append(len(results))
-                    results.append({"file": str(p)})
+                    results.append({"file": str(p), "warnings": list(d.warnings)})
                 except Exception as e:  # PIL raises OSError, ValueError, DecompressionBombError...
                     results.append({"file": str(p), "error": _describe(e, p)})
             if loaded:
                 probs = self.predict_arrays(np.stack(loaded), batch_size=len(loaded))
                 for slot, row in zip(slots, probs, strict=True):
                     k = int(row.argmax())
+                    notes = results[slot].pop("warnings")
                     results[slot].update(
                         {
                             "class": self.info.classes[k],
@@ -523,6 +559,7 @@ class Classifier:
                             "probabilities": {
                                 c: float(v) for c, v in zip(self.info.classes, row, strict=True)
                             },
+                            "warnings": notes,
                         }
                     )
             yield from results
