@@ -285,7 +285,7 @@ def test_cli_predict_table_needs_only_onnxruntime_numpy_pillow(
     assert attempted == ["rich"], f"{attempted}\n{proc.stderr}"
     assert proc.returncode == 1, proc.stderr  # broken.bmp
     lines = proc.stdout.splitlines()
-    assert lines[1] == "file\tclass\tconfidence"
+    assert lines[1] == "file\tclass\tconfidence\tdecision"
     rows = [line.split("\t") for line in lines[2:]]
     good = [r for r in rows if not r[1].startswith("error: ")]
     assert len(good) == 3 and len(rows) == 4
