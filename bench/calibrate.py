@@ -70,8 +70,7 @@ def operating_point(
         rec["reason"] = (
             f"no confidence threshold makes the automatic decisions reach accuracy {target} on "
             f"the {len(val_conf)} validation images (all of them: "
-            f"{val_correct.mean() if len(val_conf) else float('nan'):.4f}); every image goes "
-            "to review"
+            f"{val_correct.mean() if len(val_conf) else float('nan'):.4f})"
         )
         return rec
     v_auto, e_auto = val_conf >= t, eval_conf >= t

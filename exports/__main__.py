@@ -96,9 +96,11 @@ def predict(clf: Classifier, args) -> int:
         print(f"error: no images found in {' '.join(args.images)}", file=sys.stderr)
         return 1
     if clf.threshold is None:
+        why = clf.threshold_source.removeprefix("none: ")
         print(
-            f"note: no review threshold ({clf.threshold_source}); every image gets decision "
-            "'review'. Pass --threshold T to decide automatically above T.",
+            f"note: no review threshold in {clf.path.name} ({why}): "
+            "every image gets decision 'review'; pass --threshold T to decide automatically "
+            "at and above T.",
             file=sys.stderr,
         )
     results = clf.iter_predict_files(images, batch_size=args.batch_size)

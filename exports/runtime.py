@@ -431,7 +431,7 @@ class Classifier:
             return "--threshold"
         review = self.info.review
         if review is None:
-            return "none: this file has no review threshold (exported without one)"
+            return "none: the file was exported without one"
         if review.get("threshold") is None:
             return "none: " + str(review.get("reason") or "no threshold reached the target")
         return f"file (target accuracy {review.get('target_accuracy')} on validation)"
