@@ -248,7 +248,7 @@ def card_markdown(results: dict, entry: dict, rec: dict | None) -> str:
         f"`{ds.get('dataset_hash')}`" + (f", limit {sp.get('limit_per_class')} per class"
                                         if sp.get("limit_per_class") else "") + ".",  # fmt: skip
         "## Quantitative analyses",
-        f"{split.capitalize()} accuracy: **{acc}**; macro-F1 {row.get(f'{split}_macro_f1')}.",
+        f"{split.capitalize()} accuracy: **{acc}**; macro-F1 {_num(row.get(f'{split}_macro_f1'), '.3f')}.",
         "### Calibration",
         *_calibration(rec),
         "### Review threshold",
@@ -278,10 +278,15 @@ def card_markdown(results: dict, entry: dict, rec: dict | None) -> str:
 def _join(parts: list[str]) -> str:
     """Paragraphs apart, but consecutive list items and table rows together (a blank line
     would end the list or the table)."""
+    def kind(p: str | None) -> str | None:
+        if p is None or not p.startswith(("|", "- ")):
+            return None
+        return "table" if p.startswith("|") else "list"
+
     out: list[str] = []
+    prev = None
     for p in parts:
-        kind = p[:2] if p.startswith(("| ", "|-", "- ")) else None
-        prev = out[-1][:2] if out and out[-1].startswith(("| ", "|-", "- ")) else None
-        same = kind and prev and (kind == prev or {kind, prev} <= {"| ", "|-"})
+        same = kind(p) is not None and kind(p) == kind(prev)
         out.append(("\n" if same else "\n\n") + p if out else p)
+        prev = p
     return "".join(out)

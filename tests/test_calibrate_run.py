@@ -81,7 +81,7 @@ def test_export_carries_temperature_threshold_and_card(run):
     ds = results["dataset"]
     for text in ("academic research use only", "Song and Y. Yan", ds["split_hash"],
                  "crazing 8", "Clopper-Pearson 95% CI", f"{rec['temperature']:.4f}",
-                 "| ECE |", "Review threshold", "FP32 ONNX parity", "ISA",
+                 "|---|---|---|\n| ECE |", "Review threshold", "FP32 ONNX parity", "ISA",
                  "Robustness to image corruptions: Not measured"):  # fmt: skip
         assert text in card, text
 
