@@ -159,6 +159,14 @@ def add_parsers(sub) -> None:
 
 
 def dispatch(args, console) -> int:
+    try:
+        return _dispatch(args, console)
+    except (ValueError, FileNotFoundError) as e:  # bad data, manifest or image (ConfigError too)
+        console.print(f"error: {e}", style="bold red", markup=False)
+        return 2
+
+
+def _dispatch(args, console) -> int:
     from bench.ui import make_reporter
 
     reporter = make_reporter()
