@@ -238,6 +238,14 @@ class RunOptions:
     explain: bool = True
     """Grad-CAM overlays for every misclassified test image and one correct image per class
     of each model (PNGs under <out>/explain/, embedded in report.html)."""
+    embed_preprocessing: bool = False
+    """Also write a raw-pixel copy of every exported file (<model>.raw.onnx beside it): uint8
+    pixels in ([batch, H, W] grey, [batch, H, W, 3] RGB), scaling, grey-to-3-channel repeat and
+    mean/std inside the graph, resize outside; its parity with the plain file on every test
+    image is recorded."""
+    export_repository: str | None = None
+    """Also write a Triton / OpenVINO Model Server model repository of the exported files
+    (raw-pixel input) into this folder: DIR/<model>/config.pbtxt, labels.txt, 1/model.onnx."""
 
     def __post_init__(self):
         _check(
@@ -308,6 +316,15 @@ class RunOptions:
             self.fidelity_max_drop_pp >= 0, "fidelity_max_drop_pp",
             "must be >= 0 (percentage points)", self.fidelity_max_drop_pp,
         )  # fmt: skip
+        if self.export_repository:
+            from exports.repository import RepositoryError, check_repository
+
+            try:
+                check_repository(Path(self.export_repository))
+                why = ""
+            except RepositoryError as e:
+                why = str(e)
+            _check(not why, "export_repository", why, self.export_repository)
 
     @property
     def seed_list(self) -> list[int]:

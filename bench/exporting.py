@@ -132,6 +132,10 @@ def export_and_verify(
     except Exception as e:
         results.setdefault("card_errors", []).append(f"{type(e).__name__}: {e}")
         reporter.warn(f"model cards / decision metadata failed: {type(e).__name__}: {e}")
+    if opts.embed_preprocessing or opts.export_repository:
+        from bench.serving import serve_exports
+
+        serve_exports(results, out, ctx, opts, reporter, contexts=contexts)
     if opts.speed:
         _plot(results, out)
 

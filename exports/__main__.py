@@ -1,4 +1,4 @@
-"""python -m exports predict|verify - parse the command line and dispatch, nothing else.
+"""python -m exports predict|verify|repository|client - parse the command line and dispatch.
 
   predict MODEL.onnx IMAGE_OR_DIR ... [--json] [--threshold T] [--batch-size N]
           [--provider cpu|cuda|tensorrt]
@@ -8,6 +8,11 @@
          [--allow-other-data]
       exit 0: accuracy (and parity) reproduced, 1: not reproduced or not comparable (other
       dataset/split, no recorded accuracy), 2: unusable model / data
+
+  repository RUN_DIR|MODEL.onnx ... --out DIR [--plain-input] [--instance-kind auto|cpu|gpu]
+      exit 0: every model written, 2: refused (path with other content) / unusable input
+  client URL MODEL IMAGE_OR_DIR ... [--json] [--labels labels.txt] [--batch-size N]
+      exit 0: every image classified by the server, 1: some image failed, 2: no server / model
 
 `predict` never imports torch (it runs where only onnxruntime is installed); `verify` loads
 the dataset with neu (torch) and imports the parity check only for --checkpoint.
@@ -68,7 +73,12 @@ def main(argv=None) -> int:
     v.add_argument("--provider", choices=list(PROVIDERS), default="cpu")
     v.add_argument("--threads", type=_positive, default=None, help="ORT intra-op threads")
 
+    _add_serving_commands(sub)
     args = parser.parse_args(argv)
+    if args.command in ("repository", "client"):
+        from exports import serving
+
+        return serving.main(args)
     try:
         clf = Classifier(
             args.model,
@@ -111,46 +121,77 @@ def predict(clf: Classifier, args) -> int:
             failed += "error" in r
             print(json.dumps(r if "error" in r else {**r, **decision}), flush=True)
     else:
-        failed = _print_table(clf, results)
+        threshold = "none" if clf.threshold is None else f"{clf.threshold:.4f}"
+        title = (
+            f"{clf.info.model} ({clf.path.name}, {clf.info.precision}, {clf.provider}; "
+            f"temperature {clf.temperature:.3f}, review threshold {threshold})"
+        )
+        failed = print_table(title, results, decisions=True)
     if failed:
         print(f"{failed} of {len(images)} images could not be classified", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _print_table(clf: Classifier, results) -> int:
+def print_table(title: str, results, *, decisions: bool = False) -> int:
     """A rich table where rich is installed; plain tab-separated lines where it is not (a
-    deployment needs onnxruntime, numpy and pillow only). Returns how many images failed."""
-    threshold = "none" if clf.threshold is None else f"{clf.threshold:.4f}"
-    title = (
-        f"{clf.info.model} ({clf.path.name}, {clf.info.precision}, {clf.provider}; "
-        f"temperature {clf.temperature:.3f}, review threshold {threshold})"
-    )
+    deployment needs onnxruntime, numpy and pillow only). Returns how many images failed.
+    decisions: a `decision` column (auto|review), for results that carry one (predict's)."""
     rows = [
         (r["file"], f"error: {r['error']}", "", "", True)
         if "error" in r
-        else (r["file"], r["class"], f"{r['confidence']:.4f}", r["decision"], False)
+        else (r["file"], r["class"], f"{r['confidence']:.4f}", r.get("decision", ""), False)
         for r in results
     ]
     failed = sum(row[4] for row in rows)
+    width = 4 if decisions else 3
     try:
         from rich.console import Console
         from rich.markup import escape
         from rich.table import Table
     except ImportError:
         print(title)
-        print("file\tclass\tconfidence\tdecision")
+        print("\t".join(["file", "class", "confidence", "decision"][:width]))
         for row in rows:
-            print("\t".join(row[:4]))
+            print("\t".join(row[:width]))
         return failed
     table = Table(title=title)
     table.add_column("file", overflow="fold")  # wrap long paths instead of cutting them
     table.add_column("class", overflow="fold")
     table.add_column("confidence", justify="right", no_wrap=True)
-    table.add_column("decision", no_wrap=True)
+    if decisions:
+        table.add_column("decision", no_wrap=True)
     for file, cls, conf, decision, error in rows:
-        table.add_row(escape(file), escape(cls), conf, decision, style="red" if error else None)
+        cells = [escape(file), escape(cls), conf, decision][:width]
+        table.add_row(*cells, style="red" if error else None)
     Console().print(table)
     return failed
+
+
+def _add_serving_commands(sub) -> None:
+    r = sub.add_parser("repository", help="write a Triton / OpenVINO Model Server model repository")
+    r.add_argument("sources", nargs="+", help="`bench run` output folders and/or .onnx files")
+    r.add_argument("--out", required=True, help="the model repository folder (new or ours)")
+    r.add_argument(
+        "--plain-input",
+        action="store_true",
+        help="serve the float32 normalised-input files as they are (default: raw-pixel uint8)",
+    )
+    r.add_argument(
+        "--instance-kind",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="instance_group kind: auto = KIND_GPU when the run measured the model on CUDA",
+    )
+    r.add_argument("--json", action="store_true", help="print one JSON object per model")
+
+    c = sub.add_parser("client", help="classify images on a KServe v2 / Triton HTTP server")
+    c.add_argument("url", help="the server, e.g. http://localhost:8000")
+    c.add_argument("model", help="the model's folder name in the repository")
+    c.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    c.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    c.add_argument("--labels", help="class names, one a line (default: the model's config)")
+    c.add_argument("--batch-size", type=_positive, default=8, help="images per request")
+    c.add_argument("--timeout", type=float, default=10.0, help="seconds per connection/request")
 
 
 def _positive(text: str) -> int:
