@@ -232,6 +232,14 @@ class RunOptions:
     the test images (a fraction; FP32 variants need strict parity instead)."""
     fidelity_max_drop_pp: float = 0.5
     """...and a test-accuracy drop of at most this many percentage points."""
+    target_accuracy: float = 0.995
+    """Accuracy the automatic decisions must reach: on the validation images, the smallest
+    calibrated-confidence threshold whose images reach it becomes the review threshold
+    stored in the export (images below it go to an inspector); its coverage and accuracy are
+    reported on the test images."""
+    explain: bool = True
+    """Grad-CAM overlays for every misclassified test image and one correct image per class
+    of each model (PNGs under <out>/explain/, embedded in report.html)."""
     embed_preprocessing: bool = False
     """Also write a raw-pixel copy of every exported file (<model>.raw.onnx beside it): uint8
     pixels in ([batch, H, W] grey, [batch, H, W, 3] RGB), scaling, grey-to-3-channel repeat and
@@ -254,6 +262,12 @@ class RunOptions:
             seeds = None
         _check(bool(seeds), "seeds", "must be comma-separated integers like 0,1,2", self.seeds)
         _check(self.speed_rounds >= 1, "speed_rounds", "must be >= 1", self.speed_rounds)
+        _check(
+            0 < self.target_accuracy <= 1,
+            "target_accuracy",
+            "must be in (0, 1], e.g. 0.995",
+            self.target_accuracy,
+        )
         _check(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             "device",

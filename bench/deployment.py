@@ -121,6 +121,8 @@ def measure_deployment(
         try:
             backend = spec.make()
             logits = _logits(backend, fidelity.inputs)
+            if fidelity.labels is not None:  # bench.calibrate scores the variant on these
+                _save_logits(work_dir / f"{spec.name}.fidelity_logits.npy", logits)
             if reference is None:  # torch_fp32 comes first: the reference of every comparison
                 reference = logits
             precision = backend.provenance()["precision"]
@@ -214,6 +216,13 @@ def _logits(backend, x: np.ndarray, batch: int = THROUGHPUT_BATCH) -> np.ndarray
     pad = (-n) % batch if n > batch else 0
     xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
     return backend.logits(np.ascontiguousarray(xp, dtype=np.float32), batch_size=batch)[:n]
+
+
+def _save_logits(path: Path, logits: np.ndarray) -> None:
+    from neu._io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(logits, np.float32))
 
 
 def _row(spec: VariantSpec, name, lat, thr, ref, fid, files, fidelity, model) -> dict:

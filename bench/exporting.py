@@ -127,6 +127,13 @@ def export_and_verify(
             entry.update(parity_passed=False, error=f"{type(e).__name__}: {e}")
             reporter.warn(f"[{name}] export failed: {entry['error']}")
         results["exports"].append(entry)
+    try:  # temperature, review threshold and the model card beside each export
+        from bench.card import stamp_exports
+
+        stamp_exports(results, out, reporter)
+    except Exception as e:
+        results.setdefault("card_errors", []).append(f"{type(e).__name__}: {e}")
+        reporter.warn(f"model cards / decision metadata failed: {type(e).__name__}: {e}")
     if opts.embed_preprocessing or opts.export_repository:
         from bench.serving import serve_exports
 
