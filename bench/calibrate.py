@@ -16,7 +16,6 @@ split.json.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +76,7 @@ def operating_point(
     rec["val_coverage"] = _share(int(v_auto.sum()), len(val_conf))
     rec["val_auto_accuracy"] = _share(int(val_correct[v_auto].sum()), int(v_auto.sum()))
     rec[f"{eval_split}_coverage"] = _share(int(e_auto.sum()), len(eval_conf))
-    rec[f"{eval_split}_auto_accuracy"] = _share(
-        int(eval_correct[e_auto].sum()), int(e_auto.sum())
-    )
+    rec[f"{eval_split}_auto_accuracy"] = _share(int(eval_correct[e_auto].sum()), int(e_auto.sum()))
     rec["evaluated_on"] = eval_split
     return rec
 

@@ -104,10 +104,7 @@ def _f(v, fmt=".4f") -> str:
 def _share_cell(s: dict | None) -> str:
     if not s or s.get("value") is None:
         return "-"
-    return (
-        f"{s['value']:.2%} ({s['count']}/{s['of']}) "
-        f"[{s['ci95_low']:.1%}, {s['ci95_high']:.1%}]"
-    )
+    return f"{s['value']:.2%} ({s['count']}/{s['of']}) [{s['ci95_low']:.1%}, {s['ci95_high']:.1%}]"
 
 
 def _calibration_table(rows: list[dict]) -> list[str]:

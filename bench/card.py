@@ -54,7 +54,10 @@ def summary(results: dict, entry: dict, rec: dict | None) -> dict:
         "split_hash": ds.get("split_hash"),
         "accuracy_split": row.get("accuracy_split"),
         "test_accuracy": row.get("test_accuracy"),
-        "test_accuracy_ci95": [row.get("test_accuracy_ci95_low"), row.get("test_accuracy_ci95_high")],
+        "test_accuracy_ci95": [
+            row.get("test_accuracy_ci95_low"),
+            row.get("test_accuracy_ci95_high"),
+        ],
         "machine": env.get("cpu") or env.get("device"),
         "cpu_isa": env.get("cpu_isa_label"),
         "deployment_variant": (entry.get("recommended") or {}).get("variant") or "ort_fp32",
@@ -83,7 +86,7 @@ def stamp_exports(results: dict, out: Path, reporter) -> None:
             values["temperature"] = repr(float(rec["temperature"]))
             values["review_threshold"] = json.dumps(review_metadata(rec), sort_keys=True)
         paths = [out / entry["path"]]
-        rp = (entry.get("recommended") or {})
+        rp = entry.get("recommended") or {}
         if rp.get("kind") == "onnx" and rp.get("path") != entry["path"]:
             paths.append(out / rp["path"])
         for p in paths:
@@ -221,8 +224,9 @@ def card_markdown(results: dict, entry: dict, rec: dict | None) -> str:
         "NEU-CLS defect classes, with images the model is unsure about sent to a human "
         "inspector (see the review threshold). Not for images of other materials, cameras or "
         "defect types than those it was trained on, and not for commercial use when trained "
-        "on NEU-CLS (see the licence)." if neu else
-        "Classifying images into the classes it was trained on, with uncertain images sent "
+        "on NEU-CLS (see the licence)."
+        if neu
+        else "Classifying images into the classes it was trained on, with uncertain images sent "
         "to review. Not for images unlike its training data.",
         "## Factors",
         "Defect class (per-class scores in report.md); acquisition conditions (lighting, "
@@ -245,8 +249,9 @@ def card_markdown(results: dict, entry: dict, rec: dict | None) -> str:
         *([f"- Citation: {NEU_CITATION}"] if neu else []),
         f"- Split: {sp.get('train_images')} train / {sp.get('val_images')} val / "
         f"{sp.get('test_images')} test, split hash `{ds.get('split_hash')}`, dataset hash "
-        f"`{ds.get('dataset_hash')}`" + (f", limit {sp.get('limit_per_class')} per class"
-                                        if sp.get("limit_per_class") else "") + ".",  # fmt: skip
+        f"`{ds.get('dataset_hash')}`"
+        + (f", limit {sp.get('limit_per_class')} per class" if sp.get("limit_per_class") else "")
+        + ".",  # fmt: skip
         "## Quantitative analyses",
         f"{split.capitalize()} accuracy: **{acc}**; macro-F1 {_num(row.get(f'{split}_macro_f1'), '.3f')}.",
         "### Calibration",
@@ -278,6 +283,7 @@ def card_markdown(results: dict, entry: dict, rec: dict | None) -> str:
 def _join(parts: list[str]) -> str:
     """Paragraphs apart, but consecutive list items and table rows together (a blank line
     would end the list or the table)."""
+
     def kind(p: str | None) -> str | None:
         if p is None or not p.startswith(("|", "- ")):
             return None

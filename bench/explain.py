@@ -101,7 +101,8 @@ def explain(
                     "true": true or "unknown",
                     "predicted": classes[int(preds[i])],
                     "probability": float(probs[i, preds[i]]),
-                    "kind": "unlabelled" if true is None
+                    "kind": "unlabelled"
+                    if true is None
                     else ("correct" if int(labels[i]) == int(preds[i]) else "misclassified"),
                     "png": _png_name(files[i], used),
                     "layer": layer_name,

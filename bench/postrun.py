@@ -173,7 +173,9 @@ def _dispatch(args, console) -> int:
     try:
         if args.command == "calibrate":
             if not 0 < args.target_accuracy <= 1:
-                raise ConfigError(f"--target-accuracy must be in (0, 1], got {args.target_accuracy}")
+                raise ConfigError(
+                    f"--target-accuracy must be in (0, 1], got {args.target_accuracy}"
+                )
             calibrate_run(Path(args.run_dir), target=args.target_accuracy, data=args.data,
                           explain=not args.no_explain, reporter=reporter)  # fmt: skip
             console.print(f"results: {args.run_dir}/results.json, report: "

@@ -136,7 +136,7 @@ def test_quick_run_is_labelled_and_exports_with_parity(tmp_path, capsys):
         z = np.log(np.maximum([q["probabilities"][c] for c in p["probabilities"]], 1e-30)) / t
         q_t = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
         # same fp32 graph twice: within parity's logit tolerance (softmax halves it)
-        assert max(abs(a - b) for a, b in zip(p["probabilities"].values(), q_t)) < 5e-4
+        assert max(abs(a - b) for a, b in zip(p["probabilities"].values(), q_t, strict=True)) < 5e-4
 
 
 def _predict(model, files):

@@ -53,7 +53,9 @@ def images(tmp_path) -> Path:
 
 
 def test_metadata_round_trip(plain_onnx, tmp_path):
-    path = _stamped(plain_onnx, tmp_path, {"temperature": "2.5", "review_threshold": json.dumps(REVIEW)})
+    path = _stamped(
+        plain_onnx, tmp_path, {"temperature": "2.5", "review_threshold": json.dumps(REVIEW)}
+    )
     clf = Classifier(path)
     assert clf.info.temperature == 2.5 and clf.temperature == 2.5
     assert clf.info.review == REVIEW and clf.threshold == 0.3
@@ -75,7 +77,9 @@ def test_bad_decision_metadata_names_the_key(plain_onnx, tmp_path, key, value):
 
 
 def test_predict_applies_the_temperature(plain_onnx, tmp_path, images):
-    path = _stamped(plain_onnx, tmp_path, {"temperature": "4.0", "review_threshold": json.dumps(REVIEW)})
+    path = _stamped(
+        plain_onnx, tmp_path, {"temperature": "4.0", "review_threshold": json.dumps(REVIEW)}
+    )
     files = sorted(images.iterdir())
     px = np.stack([load_image(f, size=SIZE, channels=1) for f in files])
     raw = Classifier(plain_onnx).logits(normalize(px, MEAN, STD))
@@ -87,8 +91,12 @@ def test_predict_json_without_torch_prints_calibrated_probabilities_and_decision
     plain_onnx, tmp_path, images
 ):
     review = {**REVIEW, "threshold": 0.2}
-    path = _stamped(plain_onnx, tmp_path, {"temperature": "0.5", "review_threshold": json.dumps(review)})
-    proc, attempted = run_without_torch(["-m", "exports", "predict", str(path), str(images), "--json"], tmp_path)
+    path = _stamped(
+        plain_onnx, tmp_path, {"temperature": "0.5", "review_threshold": json.dumps(review)}
+    )
+    proc, attempted = run_without_torch(
+        ["-m", "exports", "predict", str(path), str(images), "--json"], tmp_path
+    )
     assert not attempted and proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(rows) == 4
@@ -99,7 +107,8 @@ def test_predict_json_without_torch_prints_calibrated_probabilities_and_decision
     # --threshold overrides the file's: 0 decides everything, 1 (almost) nothing.
     for t, want in (("0", {"auto"}), ("1", {"review"})):
         proc, _ = run_without_torch(
-            ["-m", "exports", "predict", str(path), str(images), "--json", "--threshold", t], tmp_path
+            ["-m", "exports", "predict", str(path), str(images), "--json", "--threshold", t],
+            tmp_path,
         )
         assert {json.loads(x)["decision"] for x in proc.stdout.splitlines()} == want
 
@@ -109,7 +118,9 @@ def test_model_without_a_threshold_says_so_and_sends_everything_to_review(
 ):
     none = {"threshold": None, "target_accuracy": 0.995, "reason": "no confidence threshold "
             "makes the automatic decisions reach accuracy 0.995 on the 12 validation images"}  # fmt: skip
-    path = _stamped(plain_onnx, tmp_path, {"temperature": "1.2", "review_threshold": json.dumps(none)})
+    path = _stamped(
+        plain_onnx, tmp_path, {"temperature": "1.2", "review_threshold": json.dumps(none)}
+    )
     proc, _ = run_without_torch(
         ["-m", "exports", "predict", str(path), str(images)], tmp_path, also_block=("rich",)
     )
