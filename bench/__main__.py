@@ -1,4 +1,4 @@
-"""python -m bench {run,speed,list}: parse the command line and dispatch. Nothing else."""
+"""python -m bench {run,speed,calibrate,explain,train-speed,list}: parse the command line and dispatch. Nothing else."""
 
 from __future__ import annotations
 
@@ -98,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_dataclass_args(ts, TrainSpeedOptions, title="train-speed")
 
+    from bench.postrun import add_parsers
+
+    add_parsers(sub)  # calibrate, explain
+
     ls = sub.add_parser("list", help="the model registry with params and GFLOPs")
     ls.add_argument("--image-size", type=int, default=200)
     ls.add_argument("--num-classes", type=int, default=6)
@@ -116,6 +120,10 @@ def main(argv=None) -> int:
             return _list(args, console)
         if args.command == "train-speed":
             return _train_speed(args, console)
+        if args.command in ("calibrate", "explain"):
+            from bench.postrun import dispatch
+
+            return dispatch(args, console)
     except ConfigError as e:
         console.print(f"error: {e}", style="bold red", markup=False)
         return 2

@@ -94,7 +94,8 @@ def measure_deployment(
     backends: dict[str, object] = {}
     judged: dict[str, dict] = {}
     t0 = time.perf_counter()
-    ref: dict = {}  # {"logits": torch eager FP32's}
+    # torch eager FP32's logits once judged, each variant's provider, where logits are saved
+    ref: dict = {"providers": {}, "work_dir": work_dir}
     _judge(specs, name, fidelity, thresholds, backends, judged, log, ref)
     cands += _fallbacks(model, specs, made, judged, backends, ref, fp32_onnx=fp32_onnx,
                         work_dir=work_dir, name=name, calibration=calibration,
@@ -103,6 +104,7 @@ def measure_deployment(
     files = {"onnx:fp32": fp32_onnx, "onnx:fp16": fp16_path,
              "onnx:int8": made[0].path if made else None,  # what openvino_int8 runs
              **{f"onnx:int8:{c.slug}": c.path for c in cands}}  # fmt: skip
+    stamp_files(files, specs, judged, ref["providers"], fidelity.source, log)
 
     speed_rows, by_case = _time_cases(
         backends, specs, judged, fidelity, name=name, image_size=image_size, rounds=rounds,
@@ -180,6 +182,9 @@ def _choose(rows, speed_rows, cands, *, name, work_dir, fidelity, seconds, log) 
         for d in speed_rows:
             if d["variant"] == f"ort_int8_{choice['chosen']}":
                 d["variant"] = "ort_int8"
+        saved = work_dir / f"ort_int8_{choice['chosen']}.fidelity_logits.npy"
+        if saved.is_file():  # bench.calibrate finds a row's logits by its variant name
+            _save_logits(work_dir / "ort_int8.fidelity_logits.npy", np.load(saved))
         return
     last = max(i for i, r in enumerate(rows) if r.get("candidate"))
     rows.insert(last + 1, _skipped_int8(name, choice, fidelity))
@@ -196,10 +201,13 @@ def _judge(specs, name, fidelity, thresholds, backends, judged, log, ref: dict) 
         try:
             backend = spec.make()
             logits = _logits(backend, fidelity.inputs)
+            if fidelity.labels is not None:  # bench.calibrate scores the variant on these
+                _save_logits(ref["work_dir"] / f"{spec.name}.fidelity_logits.npy", logits)
             # torch_fp32 comes first: its logits are the reference of every comparison
             # (kept in `ref`, so the fallbacks judged later compare with the same).
             reference = ref.setdefault("logits", logits)
             precision = backend.provenance()["precision"]
+            ref["providers"][spec.name] = backend.provenance().get("provider")
             judged[spec.name] = compare_logits(
                 reference, logits, fidelity.labels, precision=precision, thresholds=thresholds
             ).to_dict()
@@ -266,6 +274,47 @@ def _skipped_int8(name: str, choice: dict, fidelity: FidelityData) -> dict:
     }  # fmt: skip
 
 
+# The variant whose run on the fidelity images is each ONNX file's own record: ONNX Runtime,
+# the runtime `python -m exports predict` and `verify` use.
+_FILE_JUDGE = {"onnx:fp32": "ort_fp32", "onnx:int8": "ort_int8", "onnx:fp16": "ort_fp16"}
+
+
+def _file_judge(artifact: str) -> str:
+    """The variant that judged `artifact`: ort_int8_<slug> for an INT8 candidate's file."""
+    if artifact.startswith("onnx:int8:"):
+        return "ort_int8_" + artifact.split(":", 2)[2]
+    return _FILE_JUDGE[artifact]
+
+
+def stamp_files(files, specs, judged, providers, source, log) -> None:
+    """Write into every ONNX file made here what it achieved itself (exports.figures): its own
+    accuracy, agreement and pass/fail, `rejected` with the reason when it failed, or that it
+    was not judged. Without this an INT8 copy would state its parent's accuracy."""
+    from exports.figures import own_figures, stamp_figures
+
+    by_name = {s.name: s for s in specs}
+    candidates = any(a.startswith("onnx:int8:") for a in files)
+    for artifact, path in files.items():
+        if artifact == "onnx:int8" and candidates:
+            continue  # the first candidate's file, stamped under its own key
+        spec = by_name.get(_file_judge(artifact))
+        if path is None or not Path(path).is_file():
+            continue
+        fid = judged.get(spec.name) if spec else None
+        skipped = (spec.skipped if spec else None) or "not in --variants"
+        values = own_figures(
+            fid,
+            precision=artifact.split(":")[1],
+            runtime="onnxruntime",
+            provider=providers.get(spec.name) if spec else None,
+            source=source,
+            skipped=skipped,
+        )
+        stamp_figures(path, values)
+        if values["rejected"]:
+            log(f"{Path(path).name}: marked rejected ({values['rejected']})")
+
+
 def _logits(backend, x: np.ndarray, batch: int = THROUGHPUT_BATCH) -> np.ndarray:
     """All of x through the backend in full batches (the last one zero-padded): a compiled
     graph then sees only the batch size it was compiled for, and eval-mode CNNs treat each
@@ -274,6 +323,13 @@ def _logits(backend, x: np.ndarray, batch: int = THROUGHPUT_BATCH) -> np.ndarray
     pad = (-n) % batch if n > batch else 0
     xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
     return backend.logits(np.ascontiguousarray(xp, dtype=np.float32), batch_size=batch)[:n]
+
+
+def _save_logits(path: Path, logits: np.ndarray) -> None:
+    from neu._io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(logits, np.float32))
 
 
 def _row(spec: VariantSpec, name, lat, thr, ref, fid, files, fidelity, model) -> dict:

@@ -7,6 +7,11 @@ test accuracy) through the torch-free preprocessing (neu.image.normalize of the 
 pixels, exactly what `predict` does), and compares with the recorded accuracy. With
 --checkpoint it also runs the full torch-vs-ONNX parity check on those images.
 
+It also holds every other figure the file states and can be re-checked against what it
+measures (exports.figures.check_stated): test_images, neu_bench.precision against the
+graph, the file's own fidelity figures, a rejection; what it cannot check is listed as
+not verified.
+
 When the recorded figure cannot be compared (other dataset, other split, nothing recorded)
 verify FAILS: it never prints "passed" after checking nothing. --allow-other-data runs the
 model anyway and lists what was and was not verified.
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exports.figures import accuracy_rule, check_stated
 from exports.runtime import Classifier
 
 
@@ -73,8 +79,9 @@ def stamp_test_figures(path: str | Path, figures: dict, torch_figure: dict | Non
     return update_metadata(path, values)
 
 
-def _tolerance(info, n: int, provider: str, batch_size: int) -> tuple[float, int | None, str]:
-    """(accuracy tolerance, the exact count to reproduce or None, why)."""
+def _tolerance(info, n: int, provider: str, batch_size: int):
+    """(accuracy tolerance, the exact count to reproduce or None, why) from the count the file
+    states about itself (MEASURED_KEY); (None, None, None) when it states none."""
     from exports.runtime import METADATA_PREFIX
 
     raw = info.raw.get(METADATA_PREFIX + MEASURED_KEY)
@@ -84,19 +91,14 @@ def _tolerance(info, n: int, provider: str, batch_size: int) -> tuple[float, int
             f"exact: the file's figure was measured by onnxruntime {m.get('provider')} at batch "
             f"{m.get('batch_size')}, as here"
         )
+    if not m:
+        return None, None, None  # no stamped count: the caller applies exports.figures' rule
     tol = accuracy_tolerance(n)
-    if m:
-        why = (
-            f"the file's figure was measured by {m.get('provider')} at batch "
-            f"{m.get('batch_size')}, this run uses {provider} at batch {batch_size}: near-tied "
-            f"logits may flip, so {tol:.4f} (2 images or 0.5%) is allowed"
-        )
-    else:
-        why = (
-            f"the file does not say how its figure was measured (written before files stated "
-            f"their own accuracy; maybe by torch in mixed precision): {tol:.4f} is allowed"
-        )
-    return tol, None, why
+    return tol, None, (
+        f"the file's figure was measured by {m.get('provider')} at batch "
+        f"{m.get('batch_size')}, this run uses {provider} at batch {batch_size}: near-tied "
+        f"logits may flip, so {tol:.4f} (2 images or 0.5%) is allowed"
+    )
 
 
 def run_verify(
@@ -206,8 +208,14 @@ def run_verify(
 
     tolerance, exact, tolerance_why = _tolerance(info, len(chosen), clf.provider, batch_size)
     if which != "test":
-        tolerance, exact = accuracy_tolerance(len(chosen)), None
-        tolerance_why = f"validation figure of an older file: {tolerance:.4f} is allowed"
+        tolerance = exact = None
+    if tolerance is None:
+        # no count stamped by a run like this one: exports.figures' rule (exact for a
+        # reduced-precision file measured by this provider, else the tolerance)
+        tolerance, tolerance_why = accuracy_rule(
+            info, clf.provider, len(chosen), accuracy_tolerance(len(chosen))
+        )
+    rule = tolerance_why
     if onnx_accuracy is not None and recorded is not None and not not_comparable:
         if exact is not None and onnx_correct != exact:
             failures.append(
@@ -220,6 +228,11 @@ def run_verify(
                 f"recorded {which}_accuracy {recorded:.4f} (tolerance {tolerance:.4f}: "
                 f"{tolerance_why})"
             )
+    stated_ok, stated_not, stated_bad = check_stated(
+        info, clf.path, which=which, n_images=len(chosen), onnx_accuracy=onnx_accuracy,
+        provider=clf.provider, comparable=not not_comparable,
+    )  # fmt: skip
+    failures.extend(stated_bad)
 
     parity = None
     if checkpoint and not failures:
@@ -247,6 +260,8 @@ def run_verify(
         verified.append(f"torch-vs-ONNX parity against {checkpoint} on the same images")
     else:
         not_verified.append("torch-vs-ONNX parity (pass --checkpoint best.pt)")
+    verified += stated_ok
+    not_verified += stated_not
 
     return {
         "model": info.model,
@@ -259,6 +274,7 @@ def run_verify(
         "recorded_accuracy": recorded,
         "accuracy_tolerance": tolerance,
         "accuracy_tolerance_reason": tolerance_why,
+        "accuracy_rule": rule,
         "onnx_correct": onnx_correct,
         "allow_other_data": bool(allow_other_data),
         "verified": verified,
@@ -337,7 +353,7 @@ def verify(clf: Classifier, args) -> int:
         if result["passed"]:
             for v in result["verified"]:
                 print(f"verified: {v}")
-            for v in result["not_verified"]:
-                print(f"NOT verified: {v}")
+        for v in result["not_verified"]:
+            print(f"NOT verified: {v}")
         print("verify: " + ("passed" if result["passed"] else "FAILED"))
     return 0 if result["passed"] else 1
