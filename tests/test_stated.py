@@ -102,10 +102,20 @@ def test_bench_run_with_split_reports_the_split_used_and_the_checkpoint_size(man
 # --- files state their own figures ---------------------------------------------------------
 
 
+def _int8_file(rows, tmp):
+    """(file, row) of an INT8 file and the row that judged it: the chosen copy, else (no
+    candidate passed, so none was kept) the first candidate's own file."""
+    r8 = rows.get("ort_int8")
+    if r8 and r8.get("candidate") and not r8.get("skipped"):
+        return tmp / "variants" / "m.int8.onnx", r8
+    r8 = next(r for r in rows.values() if r.get("candidate"))
+    return tmp / "variants" / f"m.int8.{r8['candidate']}.onnx", r8
+
+
 def test_variant_files_carry_their_own_figures(measured):  # noqa: F811
     rows, _, tmp = measured
-    int8 = Classifier(tmp / "variants" / "m.int8.onnx").info
-    r8 = rows["ort_int8"]
+    path, r8 = _int8_file(rows, tmp)
+    int8 = Classifier(path).info
     assert int8.fidelity["judged"] and int8.fidelity["passed"] == r8["passed"]
     assert int8.test_accuracy == pytest.approx(r8["test_accuracy"])  # its own, not the parent's
     assert int8.fidelity["agreement"] == pytest.approx(r8["agreement"])
@@ -129,8 +139,8 @@ def _flip(logits, rows):
 
 
 def test_a_rejected_file_is_marked_and_predict_warns(measured, tmp_path):  # noqa: F811
-    _, _, tmp = measured
-    path = shutil.copy(tmp / "variants" / "m.int8.onnx", tmp_path / "m.int8.onnx")
+    rows, _, tmp = measured
+    path = shutil.copy(_int8_file(rows, tmp)[0], tmp_path / "m.int8.onnx")
     ref = np.random.default_rng(0).normal(size=(100, 6)).astype(np.float32)
     fid = compare_logits(ref, _flip(ref, [0, 1]), ref.argmax(1), precision="int8")
     assert not fid.passed  # 98% agreement < 99%
