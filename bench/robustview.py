@@ -99,6 +99,8 @@ def _md_table(head, body) -> str:
 def markdown(results: dict) -> list[str]:
     """The report's "Robustness" section (empty without a record)."""
     rec = results.get("robustness")
+    if results.get("robustness_error") and not rec:
+        return ["## Robustness", f"The corruption benchmark failed: {results['robustness_error']}"]
     if not rec or not rec.get("rows"):
         return []
     parts = [

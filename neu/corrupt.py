@@ -186,6 +186,18 @@ def augment_draw(
     return apply(pixels, cond, rng)
 
 
+def augment_batch(batch: np.ndarray, seed: int, p: float = 0.5) -> np.ndarray:
+    """--augment-corruptions: each image of a uint8 (B, C, H, W) training batch is corrupted
+    with probability p by `augment_draw`, from a generator of (training tag, seed): no
+    content hash, so it cannot replay a test-time draw."""
+    rng = np.random.default_rng([int(seed), 0x7EA1])
+    out = batch.copy()
+    for i in range(len(out)):
+        if rng.random() < p:
+            out[i] = augment_draw(out[i], rng)
+    return out
+
+
 def apply(pixels: np.ndarray, cond: Condition, rng: np.random.Generator) -> np.ndarray:
     if pixels.dtype != np.uint8 or pixels.ndim != 3:
         raise ValueError(f"expected uint8 (C, H, W) pixels, got {pixels.dtype} {pixels.shape}")

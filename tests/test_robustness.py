@@ -284,3 +284,44 @@ def test_bench_robustness_on_an_onnx_file_runs_without_torch(run_split, tmp_path
     proc2, _ = run_without_torch(args, tmp_path)
     assert proc2.returncode == 0
     assert json.loads((out / "results.json").read_text())["robustness"]["rows"] == rows
+
+
+# --- --augment-corruptions -------------------------------------------------------------------
+
+
+def test_augment_batch_is_seeded_and_corrupts_about_half():
+    batch = np.stack([_image(seed=s, size=48) for s in range(40)])
+    a, b = C.augment_batch(batch, seed=5), C.augment_batch(batch, seed=5)
+    assert a.tobytes() == b.tobytes()
+    changed = sum(not np.array_equal(x, y) for x, y in zip(a, batch))
+    assert 10 <= changed <= 30
+    assert C.augment_batch(batch, seed=6).tobytes() != a.tobytes()
+
+
+def test_augment_corruptions_is_off_by_default_and_keeps_old_fingerprints():
+    from bench.config import Recipe
+    from bench.run import _recipe_dict
+
+    assert Recipe().augment_corruptions is False
+    assert "augment_corruptions" not in _recipe_dict(Recipe())
+    assert _recipe_dict(Recipe(augment_corruptions=True))["augment_corruptions"] is True
+
+
+def test_augment_corruptions_changes_training_batches_only():
+    import torch
+
+    from bench.train import Context
+
+    class Stub:  # just what Context.augment reads
+        def __init__(self, on):
+            from bench.config import Recipe
+
+            self.recipe = Recipe(image_size=32, augment_corruptions=on)
+            self.mean, self.std, self.memory_format = (0.5,) * 3, (0.2,) * 3, None
+
+    raw = torch.from_numpy(np.stack([_image(seed=s, size=32) for s in range(8)]))
+    outs = {}
+    for on in (False, True):
+        g = torch.Generator().manual_seed(0)
+        outs[on] = Context.augment(Stub(on), raw, g)
+    assert not torch.equal(outs[False], outs[True])
