@@ -40,6 +40,12 @@ def _cond_label(r: dict) -> str:
     return C.Condition(r["corruption"], r["snr_db"] or r["severity"] or 0).label
 
 
+def _key_label(key: str) -> str:
+    """'snr:db30' -> 'SNR 30 dB', 'jpeg:s3' -> 'jpeg s3'."""
+    name, _, level = key.partition(":")
+    return C.Condition(name, int(level.lstrip("dbs") or 0)).label
+
+
 def model_table(record: dict, model: str) -> tuple[list[str], list[list[str]]]:
     """One row per condition, one accuracy column per variant of `model` (fp32 first)."""
     rows = [r for r in record["rows"] if r["model"] == model]
@@ -73,7 +79,7 @@ def summary_table(record: dict) -> tuple[list[str], list[list[str]]]:
     body = []
     for s in record["summary"]:
         worst = "-" if s["worst_condition"] is None else (
-            f"{s['worst_condition']} ({_pct(s['worst_accuracy'])})"
+            f"{_key_label(s['worst_condition'])} ({_pct(s['worst_accuracy'])})"
         )  # fmt: skip
         body.append(
             [s["model"], s["variant"], _pct(s["clean_accuracy"]),
@@ -178,7 +184,7 @@ def plot_heatmap(rec: dict, path: Path) -> bool:
     models = list(dict.fromkeys(r["model"] for r in rows))
     corrs = [c for c in C.CORRUPTIONS if any(r["corruption"] == c for r in rows)]
     sevs = sorted({r["severity"] for r in rows})
-    fig = _figure(1.2 + 1.0 * len(sevs) * len(models), 0.8 + 0.45 * len(corrs))
+    fig = _figure(max(5.0, 1.8 + (0.9 * len(sevs) + 0.6) * len(models)), 1.2 + 0.45 * len(corrs))
     for k, m in enumerate(models):
         ax = fig.add_subplot(1, len(models), k + 1)
         grid = np.full((len(corrs), len(sevs)), np.nan)
@@ -192,7 +198,7 @@ def plot_heatmap(rec: dict, path: Path) -> bool:
         ax.set_xticks(range(len(sevs)), [f"s{s}" for s in sevs])
         ax.set_yticks(range(len(corrs)), corrs if k == 0 else [""] * len(corrs))
         ax.set_title(m, fontsize=9)
-    fig.suptitle("test accuracy (%) per corruption and severity", fontsize=10)
+    fig.suptitle("test accuracy (%), fp32", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
     return True
@@ -219,7 +225,7 @@ def plot_snr(rec: dict, path: Path) -> bool:
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 101)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     _save(fig, path)
     return True
