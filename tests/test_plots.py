@@ -153,6 +153,9 @@ def test_tiny_run_leaves_plots_embedded_in_report_md_and_html(tmp_path):
     assert p["errors"] == []
     assert set(p["confusion"]) == {"shufflenet_v2_x0_5 seed 0", "mobilenet_v3_small seed 0"}
     pngs = [p["training_curves"], *p["confusion"].values()]
+    # the corruption benchmark's heatmap, SNR plot and examples strip (default --robustness)
+    pngs += list(results["robustness"]["plots"].values())
+    assert len(pngs) == 6
     md = (out / "report.md").read_text()
     page = (out / "report.html").read_text()
     embedded = _embedded_pngs(page)
