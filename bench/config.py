@@ -242,6 +242,14 @@ class RunOptions:
     robustness_seed: int = 0
     """Seed of the corruption draws (each image's draw also depends on its content hash, the
     corruption and the severity, so every model sees the same corrupted images)."""
+    embed_preprocessing: bool = False
+    """Also write a raw-pixel copy of every exported file (<model>.raw.onnx beside it): uint8
+    pixels in ([batch, H, W] grey, [batch, H, W, 3] RGB), scaling, grey-to-3-channel repeat and
+    mean/std inside the graph, resize outside; its parity with the plain file on every test
+    image is recorded."""
+    export_repository: str | None = None
+    """Also write a Triton / OpenVINO Model Server model repository of the exported files
+    (raw-pixel input) into this folder: DIR/<model>/config.pbtxt, labels.txt, 1/model.onnx."""
 
     def __post_init__(self):
         _check(
@@ -306,6 +314,15 @@ class RunOptions:
             self.fidelity_max_drop_pp >= 0, "fidelity_max_drop_pp",
             "must be >= 0 (percentage points)", self.fidelity_max_drop_pp,
         )  # fmt: skip
+        if self.export_repository:
+            from exports.repository import RepositoryError, check_repository
+
+            try:
+                check_repository(Path(self.export_repository))
+                why = ""
+            except RepositoryError as e:
+                why = str(e)
+            _check(not why, "export_repository", why, self.export_repository)
 
         from neu.corrupt import CorruptionSpecError, parse_plan
 

@@ -125,6 +125,10 @@ def export_and_verify(
             entry.update(parity_passed=False, error=f"{type(e).__name__}: {e}")
             reporter.warn(f"[{name}] export failed: {entry['error']}")
         results["exports"].append(entry)
+    if opts.embed_preprocessing or opts.export_repository:
+        from bench.serving import serve_exports
+
+        serve_exports(results, out, ctx, opts, reporter, contexts=contexts)
     if opts.speed:
         _plot(results, out)
 

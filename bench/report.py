@@ -724,6 +724,9 @@ def markdown(results: dict) -> str:
             "top-1 agrees and max |Δ logits| is within the tolerance.",
             _md_table(*exports_table_rows(results)),
         ]
+        from bench.serving import serving_markdown
+
+        parts += serving_markdown(results)
     errors = list(plots.get("errors") or []) + list(results.get("plot_errors") or [])
     if errors:
         parts.append("Plots that could not be drawn: " + "; ".join(errors))

@@ -5,7 +5,10 @@
 - `exports.runtime` (NO torch): create_session, Classifier, collect_images - what a deployment runs
 - `exports.quantize` (NO torch): INT8 static QDQ and FP16 copies of an export, same metadata
 - `exports.fidelity` (NO torch): does a variant's output match FP32 torch (parity / accuracy rules)
-- `python -m exports predict|verify`
+- `exports.rawpixel` (NO torch): the raw-pixel copy (uint8 in, preprocessing in the graph)
+- `exports.repository` (NO torch): a Triton / OpenVINO Model Server model repository
+- `exports.client` (NO torch): classify on a KServe v2 / Triton HTTP server (tritonclient)
+- `python -m exports predict|verify|repository|client`
 
 Importing this package is cheap, torch-free and has no side effects: a deployment that only
 has onnxruntime + numpy + pillow imports `exports.runtime` through it.

@@ -1,4 +1,4 @@
-"""python -m exports predict|verify - parse the command line and dispatch, nothing else.
+"""python -m exports predict|verify|repository|client - parse the command line and dispatch.
 
   predict MODEL.onnx IMAGE_OR_DIR ... [--json] [--batch-size N] [--provider cpu|cuda|tensorrt]
       exit 0: every image classified, 1: some image failed, 2: unusable model file / provider
@@ -6,6 +6,11 @@
          [--allow-other-data]
       exit 0: accuracy (and parity) reproduced, 1: not reproduced or not comparable (other
       dataset/split, no recorded accuracy), 2: unusable model / data
+
+  repository RUN_DIR|MODEL.onnx ... --out DIR [--plain-input] [--instance-kind auto|cpu|gpu]
+      exit 0: every model written, 2: refused (path with other content) / unusable input
+  client URL MODEL IMAGE_OR_DIR ... [--json] [--labels labels.txt] [--batch-size N]
+      exit 0: every image classified by the server, 1: some image failed, 2: no server / model
 
 `predict` never imports torch (it runs where only onnxruntime is installed); `verify` loads
 the dataset with neu (torch) and imports the parity check only for --checkpoint.
@@ -58,7 +63,12 @@ def main(argv=None) -> int:
     v.add_argument("--provider", choices=list(PROVIDERS), default="cpu")
     v.add_argument("--threads", type=_positive, default=None, help="ORT intra-op threads")
 
+    _add_serving_commands(sub)
     args = parser.parse_args(argv)
+    if args.command in ("repository", "client"):
+        from exports import serving
+
+        return serving.main(args)
     try:
         clf = Classifier(args.model, provider=args.provider, threads=args.threads)
     except (ModelFormatError, ProviderUnavailableError) as e:
@@ -87,16 +97,16 @@ def predict(clf: Classifier, args) -> int:
             failed += "error" in r
             print(json.dumps(r), flush=True)
     else:
-        failed = _print_table(clf, results)
+        title = f"{clf.info.model} ({clf.path.name}, {clf.info.precision}, {clf.provider})"
+        failed = print_table(title, results)
     if failed:
         print(f"{failed} of {len(images)} images could not be classified", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _print_table(clf: Classifier, results) -> int:
+def print_table(title: str, results) -> int:
     """A rich table where rich is installed; plain tab-separated lines where it is not (a
     deployment needs onnxruntime, numpy and pillow only). Returns how many images failed."""
-    title = f"{clf.info.model} ({clf.path.name}, {clf.info.precision}, {clf.provider})"
     rows = [
         (r["file"], f"error: {r['error']}", "", True)
         if "error" in r
@@ -122,6 +132,33 @@ def _print_table(clf: Classifier, results) -> int:
         table.add_row(escape(file), escape(cls), conf, style="red" if error else None)
     Console().print(table)
     return failed
+
+
+def _add_serving_commands(sub) -> None:
+    r = sub.add_parser("repository", help="write a Triton / OpenVINO Model Server model repository")
+    r.add_argument("sources", nargs="+", help="`bench run` output folders and/or .onnx files")
+    r.add_argument("--out", required=True, help="the model repository folder (new or ours)")
+    r.add_argument(
+        "--plain-input",
+        action="store_true",
+        help="serve the float32 normalised-input files as they are (default: raw-pixel uint8)",
+    )
+    r.add_argument(
+        "--instance-kind",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="instance_group kind: auto = KIND_GPU when the run measured the model on CUDA",
+    )
+    r.add_argument("--json", action="store_true", help="print one JSON object per model")
+
+    c = sub.add_parser("client", help="classify images on a KServe v2 / Triton HTTP server")
+    c.add_argument("url", help="the server, e.g. http://localhost:8000")
+    c.add_argument("model", help="the model's folder name in the repository")
+    c.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    c.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    c.add_argument("--labels", help="class names, one a line (default: the model's config)")
+    c.add_argument("--batch-size", type=_positive, default=8, help="images per request")
+    c.add_argument("--timeout", type=float, default=10.0, help="seconds per connection/request")
 
 
 def _positive(text: str) -> int:

@@ -24,6 +24,13 @@ METADATA_PREFIX = "neu_bench."
 FORMAT_VERSION = "1"
 INPUT_LAYOUT = "NCHW"
 INPUT_RANGE = "float32 (pixel/255 - mean)/std"
+# Raw-pixel files (exports.rawpixel): the camera's uint8 pixels at the model's size go in,
+# scaling, grey-to-3-channel repeat and mean/std run inside the graph; resize stays outside.
+# "neu_bench.input_kind" says which kind a file is (absent in plain files: "normalized").
+INPUT_KINDS = ("normalized", "raw")
+RAW_INPUT_NAME = "pixels"
+RAW_INPUT_LAYOUTS = {1: "NHW", 3: "NHWC"}
+RAW_INPUT_RANGE = "uint8 0..255 pixels as decoded (L or RGB), already resized to S x S"
 
 # Keys without which an image cannot be preprocessed and labelled: a file lacking any of them
 # was not exported by neu-bench (or was stripped) and is refused.
@@ -205,10 +212,27 @@ class ModelInfo:
     weights: str | None = None
     precision: str = "fp32"
     raw: dict[str, str] = field(default_factory=dict)  # every metadata_props entry, unparsed
+    input_kind: str = "normalized"  # or "raw": uint8 pixels in, preprocessing in the graph
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def raw_pixels(self) -> bool:
+        return self.input_kind == "raw"
+
+    @property
+    def input_name(self) -> str:
+        return RAW_INPUT_NAME if self.raw_pixels else INPUT_NAME
+
+    @property
+    def input_shape(self) -> list:
+        """The graph input's shape, "batch" for the dynamic axis."""
+        s = self.image_size
+        if not self.raw_pixels:
+            return ["batch", 3, s, s]
+        return ["batch", s, s] if self.channels == 1 else ["batch", s, s, 3]
 
 
 def parse_metadata(props: dict[str, str], *, source: str | Path = "model") -> ModelInfo:
@@ -259,8 +283,12 @@ def parse_metadata(props: dict[str, str], *, source: str | Path = "model") -> Mo
             raise bad(key, "is not a JSON list of 3 numbers")
     if min(std) <= 0:
         raise bad("std", "has a value <= 0")
-    if meta["input_layout"] != INPUT_LAYOUT:
-        raise bad("input_layout", f"is not {INPUT_LAYOUT!r}")
+    input_kind = meta.get("input_kind") or "normalized"
+    if input_kind not in INPUT_KINDS:
+        raise bad("input_kind", f"is not one of {', '.join(INPUT_KINDS)}")
+    layout = RAW_INPUT_LAYOUTS[channels] if input_kind == "raw" else INPUT_LAYOUT
+    if meta["input_layout"] != layout:
+        raise bad("input_layout", f"is not {layout!r} (input_kind {input_kind!r})")
     if meta["resize"] != RESIZE_METHOD:
         raise bad("resize", f"is not {RESIZE_METHOD!r}, the only resize this runtime implements")
 
@@ -297,6 +325,7 @@ def parse_metadata(props: dict[str, str], *, source: str | Path = "model") -> Mo
         weights=meta.get("weights"),
         precision=precision,
         raw=dict(props),
+        input_kind=input_kind,
     )
 
 
@@ -304,17 +333,23 @@ def check_graph(session, info: ModelInfo, *, source: str | Path = "model") -> No
     """The graph's input/output names and shapes agree with the metadata and the design."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     names = ([i.name for i in inputs], [o.name for o in outputs])
-    if names != ([INPUT_NAME], [OUTPUT_NAME]):
+    if names != ([info.input_name], [OUTPUT_NAME]):
         raise ModelFormatError(
             f"{source}: graph inputs/outputs are {names[0]} -> {names[1]}, expected "
-            f"[{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]: {_FIX}"
+            f"[{info.input_name!r}] -> [{OUTPUT_NAME!r}] (input_kind {info.input_kind!r}): {_FIX}"
         )
     shape = list(inputs[0].shape)
-    want = [3, info.image_size, info.image_size]
-    if len(shape) != 4 or shape[1:] != want:
+    want = info.input_shape[1:]
+    if len(shape) != len(want) + 1 or shape[1:] != want:
         raise ModelFormatError(
             f"{source}: graph input shape {shape} does not match the metadata "
             f"(batch, {', '.join(map(str, want))}): {_FIX}"
+        )
+    dtype = "tensor(uint8)" if info.raw_pixels else "tensor(float)"
+    if inputs[0].type != dtype:
+        raise ModelFormatError(
+            f"{source}: graph input type {inputs[0].type}, expected {dtype} for input_kind "
+            f"{info.input_kind!r}: {_FIX}"
         )
     out = list(outputs[0].shape)
     if len(out) != 2 or (isinstance(out[1], int) and out[1] != info.num_classes):
@@ -402,9 +437,21 @@ class Classifier:
         return self.info.channels
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
-        """float32 (N, 3, S, S) preprocessed batch -> float32 (N, num_classes) logits."""
-        x = np.ascontiguousarray(inputs, dtype=np.float32)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        """The graph's own input -> float32 (N, num_classes) logits.
+
+        A plain file takes the float32 (N, 3, S, S) preprocessed batch; a raw-pixel file
+        (info.raw_pixels) takes uint8 (N, S, S) grey or (N, S, S, 3) RGB pixels (raw_feed).
+        """
+        if not self.info.raw_pixels:
+            x = np.ascontiguousarray(inputs, dtype=np.float32)
+            return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        check_raw_input(inputs, self.info, source=self.path)
+        return self.session.run([OUTPUT_NAME], {RAW_INPUT_NAME: np.ascontiguousarray(inputs)})[0]
+
+    def _model_input(self, pixels: np.ndarray) -> np.ndarray:
+        if self.info.raw_pixels:
+            return raw_feed(pixels)
+        return normalize(pixels, self.info.mean, self.info.std)
 
     def predict_arrays(self, pixels: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
         """uint8 (N, C, S, S) pixels as neu.image.load_image returns them -> probabilities.
@@ -416,17 +463,21 @@ class Classifier:
         pixels = np.asarray(pixels)
         want = (self.channels, self.image_size, self.image_size)
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != want:
+            got = (
+                f"images of {pixels.shape[-1]} x {pixels.shape[-2]} px but the model takes "
+                f"{self.image_size} x {self.image_size}"
+                if pixels.ndim == 4 and pixels.shape[-2:] != want[1:]
+                else f"{pixels.dtype} {tuple(pixels.shape)}"
+            )
             raise ValueError(
                 f"expected uint8 pixels of shape (N, {', '.join(map(str, want))}), got "
-                f"{pixels.dtype} {tuple(pixels.shape)}: decode images with "
+                f"{got}: decode images with "
                 f"neu.image.load_image(path, size={self.image_size}, channels={self.channels})"
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         out = [
-            softmax(
-                self.logits(normalize(pixels[i : i + batch_size], self.info.mean, self.info.std))
-            )
+            softmax(self.logits(self._model_input(pixels[i : i + batch_size])))
             for i in range(0, len(pixels), batch_size)
         ]
         if not out:
@@ -486,6 +537,36 @@ class Classifier:
             f"classes={len(self.classes)}, image_size={self.image_size}, "
             f"provider={self.provider!r})"
         )
+
+
+def raw_feed(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (N, C, S, S) as neu.image.load_image stacks them -> a raw-pixel file's input:
+    (N, S, S) for grey, (N, S, S, 3) for RGB (the layout an image library gives)."""
+    if pixels.shape[1] == 1:
+        return np.ascontiguousarray(pixels[:, 0])
+    return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
+
+
+def check_raw_input(pixels, info: ModelInfo, *, source: str | Path = "model") -> None:
+    """A raw-pixel model's input must be uint8 at the model's size, resized beforehand."""
+    x = np.asarray(pixels)
+    want = info.input_shape[1:]
+    layout = "(N, H, W)" if info.channels == 1 else "(N, H, W, 3)"
+    if x.dtype != np.uint8:
+        raise ValueError(
+            f"{source} is a raw-pixel model: its input {RAW_INPUT_NAME!r} takes uint8 pixels "
+            f"{layout}, got {x.dtype}: pass the pixels as decoded, without scaling or "
+            "normalising (the graph does both)"
+        )
+    if x.ndim != len(want) + 1 or list(x.shape[1:]) != want:
+        size = (
+            f"images of {x.shape[2]} x {x.shape[1]} px but the model takes "
+            f"{info.image_size} x {info.image_size} px; resize with {info.resize} first "
+            "(resize is not part of the graph)"
+            if x.ndim >= 3
+            else f"shape {tuple(x.shape)}"
+        )
+        raise ValueError(f"{source}: expected uint8 {layout} = {['N', *want]}, got {size}")
 
 
 def _describe(e: BaseException, path) -> str:

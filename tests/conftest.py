@@ -15,6 +15,63 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# What `--cpu-class` restricts besides the decision flags (bench.cpu.CPU_CLASSES): the real
+# kernels, downward only. ATEN_CPU_CAPABILITY caps torch's vectorised ops and
+# ONEDNN_MAX_CPU_ISA caps oneDNN (convolutions, matmuls, bf16): on a machine with more, the
+# class's own kernels run; on one with less, the cap is a no-op and torch emulates what is
+# missing (bf16 autocast is then slow but still correct). ONNX Runtime has no such switch: its
+# kernels stay the machine's.
+KERNEL_CAPS = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "avx512-bf16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+    "amx": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"},
+}
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--cpu-class",
+        choices=sorted(KERNEL_CAPS),
+        default=None,
+        help="Run as on a CPU of this class: sets NEU_BENCH_CPU_FLAGS to the class's flags "
+        "and caps torch/oneDNN kernels at it (tox -e isa runs the isa tests for each).",
+    )
+
+
+def pytest_configure(config):
+    # Before any test module imports torch: the kernel caps are read when torch loads.
+    name = config.getoption("--cpu-class")
+    if name:
+        from bench.cpu import CPU_CLASSES, FLAGS_OVERRIDE_ENV
+
+        os.environ[FLAGS_OVERRIDE_ENV] = CPU_CLASSES[name]
+        os.environ.update(KERNEL_CAPS[name])
+
+
+def pytest_report_header(config):
+    return _cpu_class_line(config)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    # Also under -q, where the header is not printed: the log names the class it ran as.
+    terminalreporter.write_line(_cpu_class_line(config))
+
+
+def _cpu_class_line(config) -> str:
+    from bench import cpu
+
+    real = cpu.cpu_class(cpu._probed_flags())
+    name = config.getoption("--cpu-class")
+    if not name:
+        return (
+            f"cpu class: {real} (this machine: {cpu.isa_label(cpu.cpu_isa(cpu._probed_flags()))})"
+        )
+    caps = ", ".join(f"{k}={v}" for k, v in KERNEL_CAPS[name].items())
+    return (
+        f"cpu class: {name} (simulated on a {real} machine: "
+        f"{cpu.FLAGS_OVERRIDE_ENV}={os.environ[cpu.FLAGS_OVERRIDE_ENV]}; {caps})"
+    )
+
 
 def pytest_collection_modifyitems(config, items):
     import torch

@@ -66,12 +66,14 @@ def test_amp_flag_and_default():
     assert recipe.amp == "bf16"
 
 
+@pytest.mark.isa
 def test_this_cpu_resolves_consistently_with_its_flags():
     p = amp.resolve_precision(torch.device("cpu"), "auto")
     assert p.name == ("bf16" if amp.cpu.has_bf16_hardware() else "fp32")
     assert p.device_type == "cpu" and p.reason
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("name", ["fp32", "bf16", "fp16"])
 def test_precision_backend_trains_a_step_on_cpu(name):
     # The autocast region really computes in the chosen dtype, and fp16 gets a live scaler.

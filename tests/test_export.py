@@ -130,6 +130,7 @@ def test_io_names_and_dynamic_batch(exported):
         assert out.shape == (n, 6)
 
 
+@pytest.mark.isa
 def test_parity_passes(model, exported):
     x = varied_inputs(40)  # 40 = 32 + 8: batch 32 also runs a smaller last chunk
     labels = np.arange(40) % 6
@@ -201,6 +202,7 @@ def test_atomic_write_keeps_old_file_on_failure(model, tmp_path, monkeypatch):
     assert list(fresh.parent.iterdir()) == []
 
 
+@pytest.mark.isa
 def test_torchscript_exporter_matches_dynamo(tmp_path):
     from exports.parity import DEFAULT_ATOL
 
@@ -304,6 +306,7 @@ def test_torchscript_exporter_cannot_do_vgg_at_200px(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.isa
 def test_parity_tolerance_scales_with_the_logits(tmp_path):
     """Regression from the H200 run: a confidently trained model has logits of ~100s, where
     float32 reordering alone differs by more than the absolute 1e-3. The tolerance follows the

@@ -141,6 +141,7 @@ def test_int8_file_describes_itself(int8_path, fp32_path):
     assert not any(k.startswith("onnx.quant") for k in clf.info.raw)
 
 
+@pytest.mark.isa
 def test_int8_runs_in_onnxruntime_and_differs_from_fp32_by_quantization_only(int8_path, fp32_path):
     x = normalize(pixels(16, seed=2), MEAN, STD)
     ref = Classifier(fp32_path).logits(x)

@@ -356,6 +356,7 @@ def verified_run(model, tmp_path_factory):
     return {"root": root, "accuracy": accuracy, "export": export, "tmp": tmp, "ckpt": checkpoint}
 
 
+@pytest.mark.isa
 def test_verify_reproduces_accuracy(verified_run, capsys):
     path = verified_run["export"](verified_run["tmp"] / "good.onnx")
     code = main(["verify", str(path), "--data", str(verified_run["root"]), "--json"])
@@ -367,6 +368,7 @@ def test_verify_reproduces_accuracy(verified_run, capsys):
     assert result["dataset_hash_match"] and result["split_hash_match"]
 
 
+@pytest.mark.isa
 def test_verify_with_checkpoint_runs_parity(verified_run, capsys):
     path = verified_run["export"](verified_run["tmp"] / "good.onnx")
     args = ["verify", str(path), "--data", str(verified_run["root"])]

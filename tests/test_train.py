@@ -57,6 +57,7 @@ def finished(data, tmp_path_factory):
     return out, results, code
 
 
+@pytest.mark.isa
 def test_run_writes_every_output(finished):
     out, results, code = finished
     assert code == 0
@@ -157,6 +158,7 @@ def test_other_recipe_in_same_folder_is_refused(finished, data):
         bench_run.run(tiny_recipe(epochs=4), tiny_opts(data, out), NullReporter())
 
 
+@pytest.mark.isa
 def test_another_precision_in_same_folder_is_refused(finished, data):
     out, results, _ = finished
     other = "bf16" if results["precision"]["amp"] == "fp32" else "off"
@@ -230,6 +232,7 @@ def _metrics(results):
     return [{k: r[k] for k in keep} for r in results["rows"]]
 
 
+@pytest.mark.isa
 def test_interrupted_run_resumes_to_identical_results(data, finished, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         bench_run.run(tiny_recipe(), tiny_opts(data, tmp_path), StopAfter(2))

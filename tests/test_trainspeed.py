@@ -12,6 +12,7 @@ from bench.config import ConfigError
 from tests.test_compile import tiny_net
 
 
+@pytest.mark.isa
 def test_rows_ratios_and_isa(tmp_path, monkeypatch):
     monkeypatch.setattr(ts, "build_model", tiny_net)
     out = tmp_path / "ts.json"
