@@ -111,7 +111,9 @@ def markdown(results: dict) -> list[str]:
         return []
     parts = [
         "## Robustness: accuracy on corrupted test images",
-        f"The {rec['test_images']} held-out {rec['images']} images, corrupted at their "
+        ("The split has no test images: these are the validation images, which picked the "
+         "checkpoint (optimistic). " if rec["images"] != "test" else "")
+        + f"The {rec['test_images']} held-out {rec['images']} images, corrupted at their "
         f"original resolution before the usual resize and normalisation "
         f"(`--robustness {','.join(rec.get('spec', []) or rec['plan'])}`, seed "
         f"{rec['seed']}; every model and deployment file sees byte-identical corrupted "
