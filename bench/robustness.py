@@ -63,7 +63,13 @@ def file_sha256(path: Path) -> str:
 
 
 def onnx_predictor(
-    path: Path, *, variant: str, engine: str, provider="cpu", threads=None, snr_only=False,
+    path: Path,
+    *,
+    variant: str,
+    engine: str,
+    provider="cpu",
+    threads=None,
+    snr_only=False,
     fingerprint: str | None = None,
 ) -> Predictor:
     """fingerprint: what the answers depend on (default: the file's sha256; a run passes its
@@ -293,9 +299,7 @@ def compare(plan, heldout, predictors, answers) -> tuple[list[dict], dict | None
         "mean_degraded_accuracy": {m: float(v.mean()) for m, v in pooled.items()},
         "conditions": [c.key for c in degraded],
         "images_per_model": int(len(pooled[best])),
-        "vs_most_robust": [
-            _mcnemar(best, m, pooled[best], pooled[m]) for m in pooled if m != best
-        ],
+        "vs_most_robust": [_mcnemar(best, m, pooled[best], pooled[m]) for m in pooled if m != best],
     }
     verdict["indistinguishable"] = [best] + [
         c["model_b"] for c in verdict["vs_most_robust"] if c["p_value"] >= ALPHA

@@ -61,7 +61,9 @@ def model_table(record: dict, model: str) -> tuple[list[str], list[list[str]]]:
         for v in variants:
             r = by.get((c, v))
             cells.append(
-                "-" if r is None else f"{_pct(r['accuracy'])} ({r['correct']}/{r['test_images']}) "
+                "-"
+                if r is None
+                else f"{_pct(r['accuracy'])} ({r['correct']}/{r['test_images']}) "
                 f"[{100 * r['accuracy_ci95_low']:.1f}, {100 * r['accuracy_ci95_high']:.1f}]"
             )
         for v in variants:
@@ -111,8 +113,12 @@ def markdown(results: dict) -> list[str]:
         return []
     parts = [
         "## Robustness: accuracy on corrupted test images",
-        ("The split has no test images: these are the validation images, which picked the "
-         "checkpoint (optimistic). " if rec["images"] != "test" else "")
+        (
+            "The split has no test images: these are the validation images, which picked the "
+            "checkpoint (optimistic). "
+            if rec["images"] != "test"
+            else ""
+        )
         + f"The {rec['test_images']} held-out {rec['images']} images, corrupted at their "
         f"original resolution before the usual resize and normalisation "
         f"(`--robustness {','.join(rec.get('spec', []) or rec['plan'])}`, seed "

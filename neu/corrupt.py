@@ -163,9 +163,7 @@ def _rng(tag: str, content_hash: str, cond: Condition, seed: int) -> np.random.G
     return np.random.default_rng(int.from_bytes(hashlib.sha256(blob).digest()[:16], "little"))
 
 
-def corrupt(
-    pixels: np.ndarray, cond: Condition, *, content_hash: str, seed: int = 0
-) -> np.ndarray:
+def corrupt(pixels: np.ndarray, cond: Condition, *, content_hash: str, seed: int = 0) -> np.ndarray:
     """uint8 (C, H, W) at original resolution -> uint8 (C, H, W), corrupted by `cond`.
 
     The test-time draw: depends only on (content_hash, cond, seed)."""

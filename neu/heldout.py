@@ -50,8 +50,7 @@ def check_classes(folder_classes: list[str], model_classes: list[str], where: st
     if not parts:
         parts.append(f"same names in another order: {list(folder_classes)}")
     raise DatasetError(
-        f"{where}: its classes do not match the model's {list(model_classes)}: "
-        + "; ".join(parts),
+        f"{where}: its classes do not match the model's {list(model_classes)}: " + "; ".join(parts),
         fix="point --data at the dataset the model was trained on (same class folders or "
         "file prefixes)",
     )

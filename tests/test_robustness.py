@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,7 +83,7 @@ def test_severities_are_monotone_in_a_simple_statistic(name):
     fn, sign = STATISTIC[name]
     levels = sorted(C.SNR_LEVELS_DB, reverse=True) if name == "snr" else C.SEVERITIES
     values = [fn(C.corrupt(x, C.Condition(name, lv), content_hash="h"), x) for lv in levels]
-    assert all(sign * (b - a) > 0 for a, b in zip(values, values[1:])), values
+    assert all(sign * (b - a) > 0 for a, b in zip(values, values[1:], strict=False)), values
 
 
 def test_plan_parsing():
@@ -184,14 +183,20 @@ def test_two_models_see_the_same_images_and_training_images_are_never_corrupted(
     h = load_heldout(manifest, root, channels=1, classes=ds.classes)
     seen = []
     real = C.corrupt
-    monkeypatch.setattr(C, "corrupt", lambda px, c, *, content_hash, seed=0: (
-        seen.append(content_hash), real(px, c, content_hash=content_hash, seed=seed))[1])
+    monkeypatch.setattr(
+        C,
+        "corrupt",
+        lambda px, c, *, content_hash, seed=0: (
+            seen.append(content_hash),
+            real(px, c, content_hash=content_hash, seed=seed),
+        )[1],
+    )
     a, b = Recorder(), Recorder()
     plan = C.parse_plan("snr,s3")
     preds = [_predictor("a", a, ds, split), _predictor("b", b, ds, split)]
     rec = R.benchmark(plan, h, preds, tmp_path / "out", seed=0, log=lambda m: None)
     assert len(a.batches) == len(b.batches) == len(plan)
-    assert all(np.array_equal(x, y) for x, y in zip(a.batches, b.batches))
+    assert all(np.array_equal(x, y) for x, y in zip(a.batches, b.batches, strict=True))
     test_hashes = {ds.file_hashes[i] for i in split.test}
     train_hashes = {ds.file_hashes[i] for i in [*split.train, *split.val]}
     assert set(seen) == test_hashes and not set(seen) & train_hashes
@@ -210,9 +215,9 @@ def test_clean_condition_reproduces_the_models_usual_pixels(run_split):
     root, ds, split, manifest = run_split
     h = load_heldout(manifest, root, channels=1, classes=ds.classes)
     clean = [C.resize(C.corrupt(p, C.CLEAN, content_hash=k), 32)
-             for p, k in zip(h.pixels, h.hashes)]  # fmt: skip
+             for p, k in zip(h.pixels, h.hashes, strict=True)]  # fmt: skip
     want = {ds.files[i]: ds.images[i].numpy() for i in split.test}
-    assert all(np.array_equal(c, want[f]) for c, f in zip(clean, h.files))
+    assert all(np.array_equal(c, want[f]) for c, f in zip(clean, h.files, strict=True))
 
 
 def test_resume_after_a_kill_evaluates_only_what_is_missing(run_split, tmp_path):
@@ -293,7 +298,7 @@ def test_augment_batch_is_seeded_and_corrupts_about_half():
     batch = np.stack([_image(seed=s, size=48) for s in range(40)])
     a, b = C.augment_batch(batch, seed=5), C.augment_batch(batch, seed=5)
     assert a.tobytes() == b.tobytes()
-    changed = sum(not np.array_equal(x, y) for x, y in zip(a, batch))
+    changed = sum(not np.array_equal(x, y) for x, y in zip(a, batch, strict=True))
     assert 10 <= changed <= 30
     assert C.augment_batch(batch, seed=6).tobytes() != a.tobytes()
 
