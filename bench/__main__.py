@@ -1,4 +1,4 @@
-"""python -m bench {run,speed,list}: parse the command line and dispatch. Nothing else."""
+"""python -m bench {run,speed,calibrate,explain,train-speed,list}: parse the command line and dispatch. Nothing else."""
 
 from __future__ import annotations
 
@@ -102,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_arguments(rb)
 
+    from bench.postrun import add_parsers
+
+    add_parsers(sub)  # calibrate, explain
+
     ls = sub.add_parser("list", help="the model registry with params and GFLOPs")
     ls.add_argument("--image-size", type=int, default=200)
     ls.add_argument("--num-classes", type=int, default=6)
@@ -135,6 +139,10 @@ def main(argv=None) -> int:
             return _train_speed(args, console)
         if args.command == "robustness":
             return _robustness(args, console)
+        if args.command in ("calibrate", "explain"):
+            from bench.postrun import dispatch
+
+            return dispatch(args, console)
     except ConfigError as e:
         console.print(f"error: {e}", style="bold red", markup=False)
         return 2

@@ -175,7 +175,9 @@ class RunOptions:
     exclude_bad: bool = False
     """Skip unreadable or unlabelled files (listed in the report) instead of failing."""
     split: str | None = None
-    """Reuse a split manifest (JSON written by a previous run) instead of making one."""
+    """Reuse a split manifest (JSON written by a previous run) instead of making one. The
+    split flags take its values (one given that disagrees is an error); its mean/std,
+    classes, image size and channels are checked against the data."""
     seeds: str = "0"
     """Training seeds, comma separated; accuracy is reported as mean, std and a 95% interval."""
     out: str | None = None
@@ -242,6 +244,14 @@ class RunOptions:
     robustness_seed: int = 0
     """Seed of the corruption draws (each image's draw also depends on its content hash, the
     corruption and the severity, so every model sees the same corrupted images)."""
+    target_accuracy: float = 0.995
+    """Accuracy the automatic decisions must reach: on the validation images, the smallest
+    calibrated-confidence threshold whose images reach it becomes the review threshold
+    stored in the export (images below it go to an inspector); its coverage and accuracy are
+    reported on the test images."""
+    explain: bool = True
+    """Grad-CAM overlays for every misclassified test image and one correct image per class
+    of each model (PNGs under <out>/explain/, embedded in report.html)."""
     embed_preprocessing: bool = False
     """Also write a raw-pixel copy of every exported file (<model>.raw.onnx beside it): uint8
     pixels in ([batch, H, W] grey, [batch, H, W, 3] RGB), scaling, grey-to-3-channel repeat and
@@ -264,6 +274,12 @@ class RunOptions:
             seeds = None
         _check(bool(seeds), "seeds", "must be comma-separated integers like 0,1,2", self.seeds)
         _check(self.speed_rounds >= 1, "speed_rounds", "must be >= 1", self.speed_rounds)
+        _check(
+            0 < self.target_accuracy <= 1,
+            "target_accuracy",
+            "must be in (0, 1], e.g. 0.995",
+            self.target_accuracy,
+        )
         _check(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             "device",
@@ -438,8 +454,11 @@ def build_configs(args: dict, *, config_file: str | None = None) -> tuple[Recipe
     values: dict = {}
     if args.get("quick"):
         values.update(QUICK_PRESET)
+    given = set(args)
     if config_file:
-        values.update(load_toml(config_file))
+        from_file = load_toml(config_file)
+        values.update(from_file)
+        given |= set(from_file)
     values.update(args)
     names = {f.name for f in dataclasses.fields(Recipe)} | {
         f.name for f in dataclasses.fields(RunOptions)
@@ -456,7 +475,40 @@ def build_configs(args: dict, *, config_file: str | None = None) -> tuple[Recipe
         run = RunOptions(**{k: v for k, v in values.items() if k not in recipe_keys})
     except TypeError as e:
         raise ConfigError(str(e)) from None
+    if run.split:
+        recipe = _recipe_of_manifest(recipe, run.split, given)
     return recipe, run
+
+
+# Recipe field -> the split manifest's key for it: --split fixes all of them.
+SPLIT_FLAGS = {
+    "split_seed": "seed",
+    "val_fraction": "val_fraction",
+    "test_fraction": "test_fraction",
+    "limit_per_class": "limit_per_class",
+}
+
+
+def _recipe_of_manifest(recipe: Recipe, manifest: str, given: set[str]) -> Recipe:
+    """The recipe with the split flags the manifest was made with, so the results, report and
+    resume fingerprint show the split actually used. A flag given (on the command line or in
+    --config) that disagrees is an error naming both; an unreadable manifest is left to the
+    data loader, which names what is wrong with it."""
+    import json
+
+    try:
+        m = json.loads(Path(manifest).read_text())
+        stated = {f: m[key] for f, key in SPLIT_FLAGS.items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return recipe
+    for name, value in stated.items():
+        if name in given and getattr(recipe, name) != value:
+            raise ConfigError(
+                f"{_flag(name)} {getattr(recipe, name)!r} disagrees with --split {manifest}, "
+                f"which was made with {_flag(name)} {value!r}: the manifest fixes the split, "
+                f"so drop {_flag(name)} (or drop --split to make a new split)"
+            )
+    return dataclasses.replace(recipe, **stated)
 
 
 def _check_types(values: dict) -> None:

@@ -112,6 +112,7 @@ def measure_deployment(
     )
     backends: dict[str, object] = {}
     judged: dict[str, dict] = {}
+    providers: dict[str, str | None] = {}
     reference = None
     for spec in specs:
         if spec.make is None:
@@ -120,9 +121,12 @@ def measure_deployment(
         try:
             backend = spec.make()
             logits = _logits(backend, fidelity.inputs)
+            if fidelity.labels is not None:  # bench.calibrate scores the variant on these
+                _save_logits(work_dir / f"{spec.name}.fidelity_logits.npy", logits)
             if reference is None:  # torch_fp32 comes first: the reference of every comparison
                 reference = logits
             precision = backend.provenance()["precision"]
+            providers[spec.name] = backend.provenance().get("provider")
             judged[spec.name] = compare_logits(
                 reference, logits, fidelity.labels, precision=precision, thresholds=thresholds
             ).to_dict()
@@ -130,6 +134,7 @@ def measure_deployment(
             spec.skipped = f"failed: {type(e).__name__}: {str(e)[:300]}"
             continue
         backends[spec.name] = backend
+    stamp_files(files, specs, judged, providers, fidelity.source, log)
 
     named = [
         (v, Case(b, bs)) for v, b in backends.items() for bs in (LATENCY_BATCH, THROUGHPUT_BATCH)
@@ -172,6 +177,37 @@ def measure_deployment(
     return rows, speed_rows
 
 
+# The variant whose run on the fidelity images is each ONNX file's own record: ONNX Runtime,
+# the runtime `python -m exports predict` and `verify` use.
+_FILE_JUDGE = {"onnx:fp32": "ort_fp32", "onnx:int8": "ort_int8", "onnx:fp16": "ort_fp16"}
+
+
+def stamp_files(files, specs, judged, providers, source, log) -> None:
+    """Write into every ONNX file made here what it achieved itself (exports.figures): its own
+    accuracy, agreement and pass/fail, `rejected` with the reason when it failed, or that it
+    was not judged. Without this an INT8 copy would state its parent's accuracy."""
+    from exports.figures import own_figures, stamp_figures
+
+    by_name = {s.name: s for s in specs}
+    for artifact, path in files.items():
+        spec = by_name.get(_FILE_JUDGE[artifact])
+        if path is None or not Path(path).is_file():
+            continue
+        fid = judged.get(spec.name) if spec else None
+        skipped = (spec.skipped if spec else None) or "not in --variants"
+        values = own_figures(
+            fid,
+            precision=artifact.split(":")[1],
+            runtime="onnxruntime",
+            provider=providers.get(spec.name) if spec else None,
+            source=source,
+            skipped=skipped,
+        )
+        stamp_figures(path, values)
+        if values["rejected"]:
+            log(f"{Path(path).name}: marked rejected ({values['rejected']})")
+
+
 def _logits(backend, x: np.ndarray, batch: int = THROUGHPUT_BATCH) -> np.ndarray:
     """All of x through the backend in full batches (the last one zero-padded): a compiled
     graph then sees only the batch size it was compiled for, and eval-mode CNNs treat each
@@ -180,6 +216,13 @@ def _logits(backend, x: np.ndarray, batch: int = THROUGHPUT_BATCH) -> np.ndarray
     pad = (-n) % batch if n > batch else 0
     xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
     return backend.logits(np.ascontiguousarray(xp, dtype=np.float32), batch_size=batch)[:n]
+
+
+def _save_logits(path: Path, logits: np.ndarray) -> None:
+    from neu._io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(logits, np.float32))
 
 
 def _row(spec: VariantSpec, name, lat, thr, ref, fid, files, fidelity, model) -> dict:

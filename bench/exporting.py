@@ -58,6 +58,7 @@ def export_and_verify(
     import os
 
     from exports.export import export_onnx
+    from exports.figures import parity_figures, stamp_figures
     from exports.parity import check_parity
 
     staged = staged or {}
@@ -112,6 +113,7 @@ def export_and_verify(
             entry.update(parity.to_dict())
             entry["path"] = str(path.relative_to(out))
             entry["parity_passed"] = bool(parity.passed)
+            stamp_figures(path, parity_figures(parity.to_dict(), source=f"{split} split"))
             if not parity.passed:
                 reporter.warn(f"[{name}] PARITY FAILED: {'; '.join(parity.failures)}")
             rec = (results.get("recommendation") or {}).get("by_model", {}).get(name)
@@ -125,6 +127,13 @@ def export_and_verify(
             entry.update(parity_passed=False, error=f"{type(e).__name__}: {e}")
             reporter.warn(f"[{name}] export failed: {entry['error']}")
         results["exports"].append(entry)
+    try:  # temperature, review threshold and the model card beside each export
+        from bench.card import stamp_exports
+
+        stamp_exports(results, out, reporter)
+    except Exception as e:
+        results.setdefault("card_errors", []).append(f"{type(e).__name__}: {e}")
+        reporter.warn(f"model cards / decision metadata failed: {type(e).__name__}: {e}")
     if opts.embed_preprocessing or opts.export_repository:
         from bench.serving import serve_exports
 
@@ -169,6 +178,16 @@ def export_recommended(rec: dict, name: str, out: Path, fp32_path: Path, results
         )  # fmt: skip
     }
     figures["cpu_isa"] = results.get("environment", {}).get("cpu_isa_label")
+    # The same core keys as exports.figures.own_figures: verify reads either.
+    figures.update(
+        judged=True,
+        provider=row.get("provider"),
+        n_images=row["fidelity_images"],
+        images=row["fidelity_source"],
+        passed=bool(row["passed"]),
+        rule=row["fidelity_rule"],
+        failures=list(row.get("fidelity_failures") or []),
+    )
     if artifact not in ARTIFACT_SUFFIX:  # a torch variant: the checkpoint is the artifact
         best = best_rows(results)[name]
         return {"variant": rec["variant"], "path": best["checkpoint"], "kind": "checkpoint"}

@@ -43,6 +43,8 @@ nav { font-size: 14px; background: #f6f8fa; border: 1px solid #d0d7de; border-ra
       padding: .5em 1.2em; margin: 1em 0; }
 nav ul { margin: .2em 0; padding-left: 1.2em; }
 .missing { color: #cf222e; }
+.gallery { display: flex; flex-wrap: wrap; gap: 10px; }
+.gallery figure { margin: 0; max-width: 300px; }
 """
 
 
@@ -130,6 +132,13 @@ def markdown_to_html(md: str, *, base: str | Path, title: str | None = None) -> 
             body.append(f"<blockquote>{_inline(text)}</blockquote>")
         elif image := _IMAGE.match(block.strip()):
             body.append(_image(image.group("alt"), image.group("src"), base))
+        elif all(_IMAGE.match(line.strip()) for line in lines):  # consecutive images: a grid
+            figures = [_IMAGE.match(line.strip()) for line in lines]
+            body.append(
+                '<div class="gallery">'
+                + "".join(_image(m.group("alt"), m.group("src"), base) for m in figures)
+                + "</div>"
+            )
         else:
             body.append("<p>" + "<br>\n".join(_inline(line) for line in lines) + "</p>")
     if len(toc) > 3:

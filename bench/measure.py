@@ -36,6 +36,15 @@ def best_rows(results: dict) -> dict[str, dict]:
     return best
 
 
+def record_checkpoint_sizes(results: dict, out: Path) -> None:
+    """models.<name>.checkpoint_size_mb of each model's shipped checkpoint (best seed), with
+    or without the speed step: the file exists once training has saved it."""
+    for name, row in best_rows(results).items():
+        ckpt = out / row["checkpoint"]
+        if ckpt.is_file():
+            results["models"].setdefault(name, {})["checkpoint_size_mb"] = speed.file_size_mb(ckpt)
+
+
 def row_metadata(meta: dict, row: dict) -> dict:
     """The export metadata of a run row's checkpoint: its own preprocessing and provenance,
     plus the figures measured after it was saved (the row's val and test accuracy)."""
@@ -72,7 +81,6 @@ def measure_speed(results: dict, out: Path, ctx, opts, reporter, staged=None) ->
     for name, row in best_rows(results).items():
         rows.append(training_row(row, ctx))
         ckpt = out / row["checkpoint"]
-        results["models"][name]["checkpoint_size_mb"] = speed.file_size_mb(ckpt)
         model, meta = load_checkpoint(ckpt)
         try:
             onnx_path = out / "variants" / name / f"{name}.onnx"

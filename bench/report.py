@@ -678,6 +678,9 @@ def markdown(results: dict) -> str:
                     ],
                 )
             )
+    from bench.calibration_views import markdown as calibration_markdown
+
+    parts += calibration_markdown(results, _md_table)
     if results.get("speed"):
         parts += [
             "## Speed",

@@ -397,6 +397,9 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
 
     if not d.is_main:  # speed, export and the report are rank 0's, without collectives
         return results, 0
+    from bench.measure import record_checkpoint_sizes
+
+    record_checkpoint_sizes(results, out)  # shown in the report with or without --no-speed
     staged: dict[str, Path] = {}  # model -> ONNX file the speed step exported (see there)
     if opts.speed:
         from bench.measure import measure_speed
@@ -407,6 +410,7 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
         report.write_outputs(out, results)
     if opts.robustness != "none":
         _robustness(results, out, opts, reporter, staged)
+    _calibrate_and_explain(results, out, contexts, opts, reporter)
     from bench.exporting import export_and_verify
 
     t = time.perf_counter()
@@ -435,6 +439,23 @@ def _robustness(results, out, opts, reporter, staged) -> None:
         results["robustness_error"] = f"{type(e).__name__}: {e}"
         reporter.warn(f"robustness benchmark failed: {results['robustness_error']}")
     results["sweep"]["robustness_seconds_actual"] = time.perf_counter() - t
+    report.write_outputs(out, results)
+
+
+def _calibrate_and_explain(results, out, contexts, opts, reporter) -> None:
+    """Temperature, review threshold (bench.calibrate) and Grad-CAM (bench.explain) of every
+    trained model; after the speed step, whose deployment variants' logits they also score."""
+    from bench.calibrate import calibrate_into
+
+    if not any(r["status"] == "ok" for r in results["rows"]):
+        return
+    t = time.perf_counter()
+    calibrate_into(results, out, contexts, opts.target_accuracy, reporter)
+    if opts.explain:
+        from bench.explain import explain_into
+
+        explain_into(results, out, contexts, reporter)
+    results["sweep"]["calibration_seconds_actual"] = time.perf_counter() - t
     report.write_outputs(out, results)
 
 

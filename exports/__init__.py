@@ -8,6 +8,7 @@
 - `exports.rawpixel` (NO torch): the raw-pixel copy (uint8 in, preprocessing in the graph)
 - `exports.repository` (NO torch): a Triton / OpenVINO Model Server model repository
 - `exports.client` (NO torch): classify on a KServe v2 / Triton HTTP server (tritonclient)
+- `exports.figures` (NO torch): a file's own figures stamped into it; what verify re-checks
 - `python -m exports predict|verify|repository|client`
 
 Importing this package is cheap, torch-free and has no side effects: a deployment that only

@@ -1,6 +1,8 @@
 """python -m exports predict|verify|repository|client - parse the command line and dispatch.
 
-  predict MODEL.onnx IMAGE_OR_DIR ... [--json] [--batch-size N] [--provider cpu|cuda|tensorrt]
+  predict MODEL.onnx IMAGE_OR_DIR ... [--json] [--threshold T] [--batch-size N]
+          [--provider cpu|cuda|tensorrt]
+      calibrated probabilities (the file's temperature) and `decision: auto|review` per image
       exit 0: every image classified, 1: some image failed, 2: unusable model file / provider
   verify MODEL.onnx --data PATH [--manifest M.json] [--checkpoint best.pt] [--json]
          [--allow-other-data]
@@ -28,6 +30,7 @@ from exports.runtime import (
     ModelFormatError,
     ProviderUnavailableError,
     collect_images,
+    deployment_warning,
 )
 
 
@@ -39,6 +42,14 @@ def main(argv=None) -> int:
     p.add_argument("model", help="the model.onnx written by `bench run`")
     p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    p.add_argument(
+        "--threshold",
+        type=_probability,
+        default=None,
+        help="review threshold: images whose calibrated confidence is below it get decision "
+        "'review', the rest 'auto' (default: the threshold stored in the file, fitted on "
+        "validation for its target accuracy; a file without one sends every image to review)",
+    )
     p.add_argument("--batch-size", type=_positive, default=32)
     p.add_argument("--provider", choices=list(PROVIDERS), default="cpu")
     p.add_argument("--threads", type=_positive, default=None, help="ORT intra-op threads")
@@ -70,7 +81,12 @@ def main(argv=None) -> int:
 
         return serving.main(args)
     try:
-        clf = Classifier(args.model, provider=args.provider, threads=args.threads)
+        clf = Classifier(
+            args.model,
+            provider=args.provider,
+            threads=args.threads,
+            threshold=getattr(args, "threshold", None),
+        )
     except (ModelFormatError, ProviderUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -82,6 +98,9 @@ def main(argv=None) -> int:
 
 
 def predict(clf: Classifier, args) -> int:
+    warning = deployment_warning(clf.info, clf.path)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     images, skipped = collect_images(args.images)
     if skipped:
         names = ", ".join(str(s) for s in skipped[:5])
@@ -90,46 +109,78 @@ def predict(clf: Classifier, args) -> int:
     if not images:
         print(f"error: no images found in {' '.join(args.images)}", file=sys.stderr)
         return 1
+    if clf.threshold is None:
+        why = clf.threshold_source.removeprefix("none: ")
+        print(
+            f"note: no review threshold in {clf.path.name} ({why}): "
+            "every image gets decision 'review'; pass --threshold T to decide automatically "
+            "at and above T.",
+            file=sys.stderr,
+        )
     results = clf.iter_predict_files(images, batch_size=args.batch_size)
     failed = 0
     if args.json:
+        decision = {"temperature": clf.temperature, "threshold": clf.threshold}
         for r in results:
             failed += "error" in r
-            print(json.dumps(r), flush=True)
+            print(json.dumps(r if "error" in r else {**r, **decision}), flush=True)
     else:
-        title = f"{clf.info.model} ({clf.path.name}, {clf.info.precision}, {clf.provider})"
-        failed = print_table(title, results)
+        threshold = "none" if clf.threshold is None else f"{clf.threshold:.4f}"
+        title = (
+            f"{clf.info.model} ({clf.path.name}, {clf.info.precision}, {clf.provider}; "
+            f"temperature {clf.temperature:.3f}, review threshold {threshold})"
+        )
+        failed = print_table(title, results, decisions=True)
     if failed:
         print(f"{failed} of {len(images)} images could not be classified", file=sys.stderr)
     return 1 if failed else 0
 
 
-def print_table(title: str, results) -> int:
+def print_table(title: str, results, *, decisions: bool = False) -> int:
     """A rich table where rich is installed; plain tab-separated lines where it is not (a
-    deployment needs onnxruntime, numpy and pillow only). Returns how many images failed."""
+    deployment needs onnxruntime, numpy and pillow only). Returns how many images failed.
+    decisions: a `decision` column (auto|review), for results that carry one (predict's);
+    a `note` column appears when any image has warnings (what changed its meaning)."""
     rows = [
-        (r["file"], f"error: {r['error']}", "", True)
+        (r["file"], f"error: {r['error']}", "", "", "", True)
         if "error" in r
-        else (r["file"], r["class"], f"{r['confidence']:.4f}", False)
+        else (
+            r["file"],
+            r["class"],
+            f"{r['confidence']:.4f}",
+            r.get("decision", ""),
+            "; ".join(r.get("warnings", [])),
+            False,
+        )
         for r in results
     ]
-    failed = sum(row[3] for row in rows)
+    failed = sum(row[5] for row in rows)
+    with_notes = any(row[4] for row in rows)
+    header = ["file", "class", "confidence"] + ["decision"] * decisions + ["note"] * with_notes
+
+    def cells(row) -> list[str]:
+        return list(row[:3]) + [row[3]] * decisions + [row[4]] * with_notes
+
     try:
         from rich.console import Console
         from rich.markup import escape
         from rich.table import Table
     except ImportError:
         print(title)
-        print("file\tclass\tconfidence")
+        print("\t".join(header))
         for row in rows:
-            print("\t".join(row[:3]))
+            print("\t".join(cells(row)))
         return failed
     table = Table(title=title)
     table.add_column("file", overflow="fold")  # wrap long paths instead of cutting them
     table.add_column("class", overflow="fold")
     table.add_column("confidence", justify="right", no_wrap=True)
-    for file, cls, conf, error in rows:
-        table.add_row(escape(file), escape(cls), conf, style="red" if error else None)
+    if decisions:
+        table.add_column("decision", no_wrap=True)
+    if with_notes:  # what changed an input's meaning on the way to the model
+        table.add_column("note", overflow="fold", style="yellow")
+    for row in rows:
+        table.add_row(*(escape(c) for c in cells(row)), style="red" if row[5] else None)
     Console().print(table)
     return failed
 
@@ -165,6 +216,16 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
     return value
 
 

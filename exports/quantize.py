@@ -293,8 +293,14 @@ def _finish(built: Path, out_path: Path, meta: dict, *, precision: str, info: di
         )
     # The quantizer's own bookkeeping entries (onnx.quant.*) go; the FP32 file's neu_bench.*
     # come back (the pre-processing pass drops them) with the precision and how it was made.
+    # The parent's own figures are not this copy's: until it is judged on images
+    # (exports.figures) it states no test accuracy, and the parent's is kept apart.
+    own = {METADATA_PREFIX + k for k in ("fidelity", "rejected", "deployment_variant")}
+    parent_acc = meta.get(METADATA_PREFIX + "test_accuracy")
     props = {
-        **meta,
+        **{k: v for k, v in meta.items() if k not in own},
+        METADATA_PREFIX + "test_accuracy": "null",
+        METADATA_PREFIX + "source_test_accuracy": parent_acc if parent_acc else "null",
         METADATA_PREFIX + "precision": precision,
         METADATA_PREFIX + "quantization": json.dumps(info, sort_keys=True),
         METADATA_PREFIX + "source_model": Path(source).name,

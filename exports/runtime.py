@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from neu.image import IMAGE_EXTENSIONS, RESIZE_METHOD, load_image, normalize
+from exports.calibration import decide
+from neu.image import IMAGE_EXTENSIONS, RESIZE_METHOD, decode_image, normalize
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -61,6 +62,13 @@ PROVENANCE_KEYS = (
     "export_date",
     "precision",
 )
+# What the file itself achieved, stamped by `bench run` after judging it (absent in files
+# exported by hand): "fidelity" (JSON: its own test accuracy, agreement, passed, rule...) and
+# "rejected" (why it failed, empty when it passed).
+OWN_FIGURE_KEYS = ("fidelity", "rejected")
+# Decision keys (optional; files exported before them classify as before): the temperature
+# that calibrates the probabilities and the review threshold, both fitted on validation.
+DECISION_KEYS = ("temperature", "review_threshold", "model_card")
 # What a file computes in: "fp32" (the export), or a reduced-precision copy made by
 # exports.quantize. Files from before precision was recorded are fp32.
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -211,6 +219,10 @@ class ModelInfo:
     split: dict | None = None
     weights: str | None = None
     precision: str = "fp32"
+    fidelity: dict | None = None  # the file's own figures (see OWN_FIGURE_KEYS)
+    rejected: str | None = None  # why this file failed its fidelity check; None: not rejected
+    temperature: float | None = None  # logits / T before softmax; None: uncalibrated (T = 1)
+    review: dict | None = None  # neu_bench.review_threshold: threshold (or null), target, val
     raw: dict[str, str] = field(default_factory=dict)  # every metadata_props entry, unparsed
     input_kind: str = "normalized"  # or "raw": uint8 pixels in, preprocessing in the graph
 
@@ -308,6 +320,17 @@ def parse_metadata(props: dict[str, str], *, source: str | Path = "model") -> Mo
     precision = meta.get("precision") or "fp32"
     if precision not in PRECISIONS:
         raise bad("precision", f"is not one of {', '.join(PRECISIONS)}")
+    fidelity = load_json("fidelity") if meta.get("fidelity") else None
+    if fidelity is not None and not isinstance(fidelity, dict):
+        raise bad("fidelity", "is not a JSON object")
+    temperature = optional_number("temperature")
+    if temperature is not None and not temperature > 0:
+        raise bad("temperature", "is not > 0")
+    review = load_json("review_threshold") if meta.get("review_threshold") else None
+    if review is not None:
+        t = review.get("threshold") if isinstance(review, dict) else "?"
+        if t is not None and not (isinstance(t, int | float) and 0 <= t <= 1):
+            raise bad("review_threshold", 'is not a JSON object with "threshold" in [0, 1] or null')
     return ModelInfo(
         model=meta["model"],
         classes=list(classes),
@@ -324,9 +347,34 @@ def parse_metadata(props: dict[str, str], *, source: str | Path = "model") -> Mo
         split=split,
         weights=meta.get("weights"),
         precision=precision,
+        fidelity=fidelity,
+        rejected=meta.get("rejected") or None,
+        temperature=temperature,
+        review=review,
         raw=dict(props),
         input_kind=input_kind,
     )
+
+
+def deployment_warning(info: ModelInfo, source: str | Path = "model") -> str | None:
+    """Why this file should not be deployed as it is, or None: a file whose own fidelity check
+    failed (`rejected`), or a reduced-precision copy nobody judged on images."""
+    if info.rejected:
+        figures = info.fidelity or {}
+        acc = figures.get("test_accuracy")
+        agr = figures.get("agreement")
+        return (
+            f"{source} was REJECTED by its fidelity check ({info.rejected}); its own figures: "
+            f"test accuracy {'n/a' if acc is None else f'{acc:.4f}'}, agreement with FP32 "
+            f"{'n/a' if agr is None else f'{100 * agr:.2f}%'}. Deploy the FP32 file or the "
+            "recommended variant instead"
+        )
+    if info.precision != "fp32" and (info.fidelity or {}).get("judged") is False:
+        return (
+            f"{source} ({info.precision}) was never judged on images "
+            f"({info.fidelity.get('reason', 'no reason recorded')}): its accuracy is unknown"
+        )
+    return None
 
 
 def check_graph(session, info: ModelInfo, *, source: str | Path = "model") -> None:
@@ -415,7 +463,10 @@ class Classifier:
         provider: str = "cpu",
         threads: int | None = None,
         strict: bool = True,
+        threshold: float | None = None,
     ):
+        """threshold: the review threshold to decide with instead of the file's own
+        (`predict --threshold`); None keeps the file's."""
         self.path = Path(path)
         self.session, self.provider = create_session(
             self.path, provider=provider, threads=threads, strict=strict
@@ -423,6 +474,34 @@ class Classifier:
         props = self.session.get_modelmeta().custom_metadata_map
         self.info = parse_metadata(props, source=self.path)
         check_graph(self.session, self.info, source=self.path)
+        if threshold is not None and not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.threshold_override = threshold
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature the probabilities use (1 for an uncalibrated file)."""
+        return self.info.temperature or 1.0
+
+    @property
+    def threshold(self) -> float | None:
+        """Calibrated confidence at or above which an image is decided automatically; None
+        when the file has none (no threshold reached its target on validation) and
+        --threshold gave none: every image then goes to review."""
+        if self.threshold_override is not None:
+            return self.threshold_override
+        return (self.info.review or {}).get("threshold")
+
+    @property
+    def threshold_source(self) -> str:
+        if self.threshold_override is not None:
+            return "--threshold"
+        review = self.info.review
+        if review is None:
+            return "none: the file was exported without one"
+        if review.get("threshold") is None:
+            return "none: " + str(review.get("reason") or "no threshold reached the target")
+        return f"file (target accuracy {review.get('target_accuracy')} on validation)"
 
     @property
     def classes(self) -> list[str]:
@@ -458,7 +537,8 @@ class Classifier:
 
         C must be the model's channels and S its image_size (resize beforehand with
         load_image(size=clf.image_size, channels=clf.channels)). Returns float32
-        (N, num_classes), rows summing to 1, columns in `self.classes` order.
+        (N, num_classes), rows summing to 1, columns in `self.classes` order; calibrated
+        (logits / the file's temperature) when the file carries one.
         """
         pixels = np.asarray(pixels)
         want = (self.channels, self.image_size, self.image_size)
@@ -476,8 +556,9 @@ class Classifier:
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        t = self.temperature
         out = [
-            softmax(self.logits(self._model_input(pixels[i : i + batch_size])))
+            softmax(self.logits(self._model_input(pixels[i : i + batch_size])) / np.float32(t))
             for i in range(0, len(pixels), batch_size)
         ]
         if not out:
@@ -489,10 +570,13 @@ class Classifier:
     ) -> Iterator[dict]:
         """Yield one result per path, in order, decoding and running `batch_size` at a time.
 
-        A result is {"file", "class", "index", "confidence", "probabilities": {name: p}}, or
-        {"file", "error"} for a file that cannot be read as an image: one bad file never stops
-        the others. Images of another size are resized exactly as in training
-        (neu.image.load_image: Pillow bilinear to image_size x image_size, "L" or "RGB").
+        A result is {"file", "class", "index", "confidence", "probabilities": {name: p},
+        "warnings": [...], "decision": "auto" | "review"}, or {"file", "error"} for a file that
+        cannot be read as an image: one bad file never stops the others. Images are decoded
+        exactly as in training (neu.image.decode_image: by bit depth, Pillow bilinear to
+        image_size x image_size, "L" or "RGB"); `warnings` names what changed the input's
+        meaning on the way (aspect ratio squashed, frames or alpha dropped, a constant image),
+        empty when nothing did; `decision` applies the review threshold to the confidence.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -506,15 +590,17 @@ class Classifier:
                 try:
                     if Path(p).is_dir():
                         raise IsADirectoryError(f"{p} is a folder")
-                    loaded.append(load_image(p, size=self.image_size, channels=self.channels))
+                    d = decode_image(p, size=self.image_size, channels=self.channels)
+                    loaded.append(d.pixels)
                     slots.append(len(results))
-                    results.append({"file": str(p)})
+                    results.append({"file": str(p), "warnings": list(d.warnings)})
                 except Exception as e:  # PIL raises OSError, ValueError, DecompressionBombError...
                     results.append({"file": str(p), "error": _describe(e, p)})
             if loaded:
                 probs = self.predict_arrays(np.stack(loaded), batch_size=len(loaded))
                 for slot, row in zip(slots, probs, strict=True):
                     k = int(row.argmax())
+                    notes = results[slot].pop("warnings")
                     results[slot].update(
                         {
                             "class": self.info.classes[k],
@@ -523,6 +609,8 @@ class Classifier:
                             "probabilities": {
                                 c: float(v) for c, v in zip(self.info.classes, row, strict=True)
                             },
+                            "warnings": notes,
+                            "decision": decide(float(row[k]), self.threshold),
                         }
                     )
             yield from results

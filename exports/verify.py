@@ -7,6 +7,11 @@ test accuracy) through the torch-free preprocessing (neu.image.normalize of the 
 pixels, exactly what `predict` does), and compares with the recorded accuracy. With
 --checkpoint it also runs the full torch-vs-ONNX parity check on those images.
 
+It also holds every other figure the file states and can be re-checked against what it
+measures (exports.figures.check_stated): test_images, neu_bench.precision against the
+graph, the file's own fidelity figures, a rejection; what it cannot check is listed as
+not verified.
+
 When the recorded figure cannot be compared (other dataset, other split, nothing recorded)
 verify FAILS: it never prints "passed" after checking nothing. --allow-other-data runs the
 model anyway and lists what was and was not verified.
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exports.figures import accuracy_rule, check_stated
 from exports.runtime import Classifier
 
 
@@ -137,13 +143,20 @@ def run_verify(
         probs = clf.predict_arrays(pixels, batch_size=batch_size)
         onnx_accuracy = float((probs.argmax(1) == labels).mean())
 
-    tolerance = accuracy_tolerance(len(chosen))
+    tolerance, rule = accuracy_rule(
+        info, clf.provider, len(chosen), accuracy_tolerance(len(chosen))
+    )
     if onnx_accuracy is not None and recorded is not None and not not_comparable:
         if abs(onnx_accuracy - recorded) > tolerance:
             failures.append(
                 f"ONNX accuracy {onnx_accuracy:.4f} on the {len(chosen)} {which} images != the "
-                f"recorded {which}_accuracy {recorded:.4f} (tolerance {tolerance:.4f})"
+                f"recorded {which}_accuracy {recorded:.4f} ({rule})"
             )
+    stated_ok, stated_not, stated_bad = check_stated(
+        info, clf.path, which=which, n_images=len(chosen), onnx_accuracy=onnx_accuracy,
+        provider=clf.provider, comparable=not not_comparable,
+    )  # fmt: skip
+    failures.extend(stated_bad)
 
     parity = None
     if checkpoint and not failures:
@@ -157,8 +170,7 @@ def run_verify(
         )
         if not not_comparable:
             verified.append(
-                f"that accuracy reproduces the recorded {which}_accuracy {recorded:.4f} "
-                f"within {tolerance:.4f}"
+                f"that accuracy reproduces the recorded {which}_accuracy {recorded:.4f} ({rule})"
             )
     if not_comparable:
         not_verified.append(
@@ -170,6 +182,8 @@ def run_verify(
         verified.append(f"torch-vs-ONNX parity against {checkpoint} on the same images")
     else:
         not_verified.append("torch-vs-ONNX parity (pass --checkpoint best.pt)")
+    verified += stated_ok
+    not_verified += stated_not
 
     return {
         "model": info.model,
@@ -181,6 +195,7 @@ def run_verify(
         "onnx_accuracy": onnx_accuracy,
         "recorded_accuracy": recorded,
         "accuracy_tolerance": tolerance,
+        "accuracy_rule": rule,
         "allow_other_data": bool(allow_other_data),
         "verified": verified,
         "not_verified": not_verified,
@@ -258,7 +273,7 @@ def verify(clf: Classifier, args) -> int:
         if result["passed"]:
             for v in result["verified"]:
                 print(f"verified: {v}")
-            for v in result["not_verified"]:
-                print(f"NOT verified: {v}")
+        for v in result["not_verified"]:
+            print(f"NOT verified: {v}")
         print("verify: " + ("passed" if result["passed"] else "FAILED"))
     return 0 if result["passed"] else 1

@@ -24,13 +24,14 @@ import numpy as np
 from PIL import Image
 
 from neu._io import atomic_path, atomic_write_json
-from neu.image import RESIZE_METHOD, load_image
+from neu.image import RESIZE_METHOD, check_mode, declared_bit_depth, load_image
 
 # Bump when the cached arrays or their metadata change meaning: old cache files then miss.
-CACHE_VERSION = 2  # 2: .npy memory map + JSON sidecar (1: one .npz)
+# 3: decoded by declared bit depth (16-bit grey was clipped to white), per-file bit_depth.
+CACHE_VERSION = 3  # 2: .npy memory map + JSON sidecar (1: one .npz)
 
 # Pillow modes that can only hold gray pixels (P and RGB are checked pixel by pixel).
-_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
 def _workers(n_items: int) -> int:
@@ -68,20 +69,22 @@ def pixel_hash(pixels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _is_gray(path: Path) -> tuple[bool, tuple[int, int], str]:
-    """(gray?, (w, h), mode). Header only for gray modes; RGB/P are checked pixel by pixel so
-    an RGB file that only holds gray pixels is stored with 1 channel."""
+def _is_gray(path: Path) -> tuple[bool, tuple[int, int], str, int]:
+    """(gray?, (w, h), mode, declared bit depth). Header only for gray modes; RGB/P are
+    checked pixel by pixel so an RGB file that only holds gray pixels is stored with 1
+    channel. A mode the decoder does not know is an error here, before anything is stored."""
     with Image.open(path) as im:
-        size, mode = im.size, im.mode
+        check_mode(im, path)
+        size, mode, depth = im.size, im.mode, declared_bit_depth(im)
         if mode in _GRAY_MODES:
-            return True, size, mode
+            return True, size, mode, depth
         rgb = np.asarray(im.convert("RGB"))
     gray = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
-    return gray, size, mode
+    return gray, size, mode, depth
 
 
 def _probe(path: Path):
-    """-> (gray?, (w, h), mode) or an error message. Header only for gray modes."""
+    """-> (gray?, (w, h), mode, bit depth) or an error message. Header only for gray modes."""
     try:
         return _is_gray(path)
     except Exception as e:  # any decoder failure is a per-file problem
@@ -206,8 +209,13 @@ def decode_all(
                 # Gray decoded to 1 channel, repeated: identical to load_image(channels=3) for
                 # gray pixels (Pillow's L->RGB copies the value, bilinear resize per channel).
                 buf[k] = px if px.shape[0] == c else np.repeat(px, c, axis=0)
-                _, (w, h), mode = probes[i]
-                results[i] = {"size": f"{w}x{h}", "mode": mode, "pixel_hash": pixel_hash(buf[k])}
+                _, (w, h), mode, depth = probes[i]
+                results[i] = {
+                    "size": f"{w}x{h}",
+                    "mode": mode,
+                    "bit_depth": depth,
+                    "pixel_hash": pixel_hash(buf[k]),
+                }
                 k += 1
             sink(buf[:k], rows)
             rows += k

@@ -92,6 +92,8 @@ class Dataset:
     dataset_hash: str
     original_sizes: dict[str, int]  # "WxH" -> count, before resizing
     modes: dict[str, int]  # Pillow mode -> count
+    # declared bits per sample -> count; each file is scaled by its own (neu.image)
+    bit_depths: dict[int, int] = field(default_factory=dict)
     resize_method: str = RESIZE_METHOD
     cache_file: Path | None = None
     from_cache: bool = False
@@ -260,6 +262,7 @@ def load_dataset(
         dataset_hash=dataset_hash,
         original_sizes=dict(Counter(k[2]["size"] for k in keep).most_common()),
         modes=dict(Counter(k[2]["mode"] for k in keep).most_common()),
+        bit_depths=dict(sorted(Counter(k[2]["bit_depth"] for k in keep).items())),
         cache_file=cache[0] if cache else None,
         from_cache=hit is not None,
         image_map=image_map,

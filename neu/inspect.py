@@ -45,6 +45,8 @@ def inspect_dataset(
         image_size=ds.image_size,
         sizes=ds.original_sizes,
         modes=ds.modes,
+        bit_depths={str(k): v for k, v in ds.bit_depths.items()},
+        mixed_bit_depths=len(ds.bit_depths) > 1,
         duplicates=ds.duplicates,
         problems=[] if exclude_bad else found,
         excluded=found if exclude_bad else [],
@@ -78,6 +80,14 @@ def print_inspect(report: dict) -> None:
         modes = ", ".join(f"{k} x{v}" for k, v in report["modes"].items())
         out.print(f"original sizes: {sizes}")
         out.print(f"modes: {modes}  -> stored as {report['channels']} channel(s)")
+        depths = ", ".join(f"{k}-bit x{v}" for k, v in report.get("bit_depths", {}).items())
+        out.print(f"bit depths: {depths}")
+        if report.get("mixed_bit_depths"):
+            out.print(
+                "[yellow]mixed bit depths[/yellow]: each file is scaled to 8 bits by its own "
+                "declared depth (value >> (depth - 8)); check that deeper files really use "
+                "their full range"
+            )
         if "layout_split" in report:
             out.print(f"layout's own split: {report['layout_split']}")
         out.print(f"duplicates (identical pixels, kept in one split): {len(report['duplicates'])}")

@@ -372,6 +372,45 @@ def load_manifest(path: str | Path, ds: Dataset) -> Split:
         folds=m.get("folds", 1),
         fold=m.get("fold"),
     )
-    # Stored statistics win: a model trained with them must be evaluated with them.
-    split.mean, split.std = tuple(m["mean"]), tuple(m["std"])
+    _check_stated(m, path, ds, split)
     return split
+
+
+# Normalisation is counted exactly (integer histogram), so the same data give the same floats
+# on every machine; anything beyond JSON's round trip means other data or an edited file.
+_STAT_ATOL = 1e-9
+
+
+def _check_stated(m: dict, path: Path, ds: Dataset, split: Split) -> None:
+    """Every manifest field that changes training must match what the data give now.
+
+    The tamper hash covers files and splits only, so mean/std, classes, image size and
+    channels are recomputed here (split carries the recomputed values) and a manifest that
+    states others is refused, naming the field: training with a hand-edited mean would
+    otherwise be reported as "normalisation from the training split"."""
+    fix = f"restore {path} from the run that wrote it, or delete it to make a fresh split"
+    stated = {
+        "classes": (m.get("classes"), list(ds.classes)),
+        "image_size": (m.get("image_size"), ds.image_size),
+        "channels": (m.get("channels"), ds.channels),
+    }
+    for name, (said, actual) in stated.items():
+        if said is not None and said != actual:
+            hint = (
+                f"pass --image-size {said} to train at the manifest's size, or "
+                if name == "image_size"
+                else ""
+            )
+            raise DatasetError(
+                f"split manifest {path} states {name} {said!r} but the data give {actual!r}",
+                fix=hint + fix,
+            )
+    for name in ("mean", "std"):
+        said, actual = m.get(name), getattr(split, name)
+        ok = isinstance(said, list) and len(said) == len(actual)
+        if not ok or not np.allclose(said, actual, rtol=0, atol=_STAT_ATOL):
+            raise DatasetError(
+                f"split manifest {path} states {name} {said!r} but the training images of its "
+                f"split give {[round(v, 6) for v in actual]} (recomputed from the data)",
+                fix=fix,
+            )

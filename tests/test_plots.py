@@ -155,7 +155,10 @@ def test_tiny_run_leaves_plots_embedded_in_report_md_and_html(tmp_path):
     pngs = [p["training_curves"], *p["confusion"].values()]
     # the corruption benchmark's heatmap, SNR plot and examples strip (default --robustness)
     pngs += list(results["robustness"]["plots"].values())
-    assert len(pngs) == 6
+    # ...and the calibration plots and Grad-CAM overlays (bench.calibrate, bench.explain)
+    cal = results["calibration"]["plots"]
+    pngs += [*cal["reliability"].values(), cal["risk_coverage"]]
+    pngs += [i["png"] for items in results["explanations"]["models"].values() for i in items]
     md = (out / "report.md").read_text()
     page = (out / "report.html").read_text()
     embedded = _embedded_pngs(page)

@@ -285,8 +285,11 @@ def test_cli_predict_table_needs_only_onnxruntime_numpy_pillow(
     assert attempted == ["rich"], f"{attempted}\n{proc.stderr}"
     assert proc.returncode == 1, proc.stderr  # broken.bmp
     lines = proc.stdout.splitlines()
-    assert lines[1] == "file\tclass\tconfidence"
+    # b.png is 40x50: its squashed aspect ratio gets a note, so the table has a note column.
+    assert lines[1] == "file\tclass\tconfidence\tdecision\tnote"
     rows = [line.split("\t") for line in lines[2:]]
+    notes = {Path(r[0]).name: r[4] for r in rows if len(r) > 4}
+    assert notes["b.png"].startswith("aspect ratio changed: 40x50") and notes["a.bmp"] == ""
     good = [r for r in rows if not r[1].startswith("error: ")]
     assert len(good) == 3 and len(rows) == 4
     assert [r[1] for r in good] == torch_classes(model, [r[0] for r in good])
