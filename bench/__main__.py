@@ -98,6 +98,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_dataclass_args(ts, TrainSpeedOptions, title="train-speed")
 
+    rb = sub.add_parser(
+        "robustness",
+        help="accuracy of a run's models (or one .onnx file) on corrupted test images",
+        description="The corruption benchmark (SNR levels, corruptions x severities) on the "
+        "held-out test images of an existing run folder or exported ONNX file.",
+    )
+    from bench.robustcmd import add_arguments
+
+    add_arguments(rb)
+
     from bench.postrun import add_parsers
 
     add_parsers(sub)  # calibrate, explain
@@ -108,8 +118,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _robustness_parser() -> argparse.ArgumentParser:
+    # Without the other subcommands: `bench train-speed`'s options import torch, and
+    # `bench robustness MODEL.onnx` must run where torch is not installed.
+    from bench.robustcmd import add_arguments
+
+    p = argparse.ArgumentParser(prog="python -m bench")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_arguments(sub.add_parser("robustness"))
+    return p
+
+
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    light = argv[:1] == ["robustness"] and not {"-h", "--help"} & set(argv)
+    args = (_robustness_parser() if light else _parser()).parse_args(argv)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     try:
         if args.command == "run":
@@ -120,6 +143,8 @@ def main(argv=None) -> int:
             return _list(args, console)
         if args.command == "train-speed":
             return _train_speed(args, console)
+        if args.command == "robustness":
+            return _robustness(args, console)
         if args.command in ("calibrate", "explain"):
             from bench.postrun import dispatch
 
@@ -202,6 +227,32 @@ def _speed(args, console) -> int:
         reporter.close()
     print_tables(results, console)
     console.print(f"results: {out}/results.json, report: {out}/report.md", markup=False)
+    return 0
+
+
+def _robustness(args, console) -> int:
+    from bench.robustcmd import robustness_command
+    from bench.robustview import summary_table
+
+    try:
+        results, out = robustness_command(args, log=lambda m: console.print(m, markup=False))
+    except (ValueError, OSError) as e:  # bad flags, DatasetError, ModelFormatError
+        console.print(f"error: {e}", style="bold red", markup=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted: run the same command again to resume", markup=False)
+        return 130
+    from rich.table import Table
+
+    head, body = summary_table(results["robustness"])
+    table = Table(title="accuracy on corrupted test images")
+    for h in head:
+        table.add_column(h)
+    for row in body:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"results: {out}/results.json, {out}/robustness.csv, {out}/report.html",
+                  markup=False)  # fmt: skip
     return 0
 
 

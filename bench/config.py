@@ -79,6 +79,10 @@ class Recipe:
     """channels_last memory format (faster convolutions on CUDA and on CPU oneDNN)."""
     eval_batch_size: int = 128
     """Batch size for validation, test and the parity check (no gradients: larger is cheaper)."""
+    augment_corruptions: bool = False
+    """Train with the corruption benchmark's families (noise at an SNR, gaussian noise, motion
+    and defocus blur, brightness, contrast, uneven illumination, JPEG) at random severities on
+    half of the training images; never the test-time draws."""
 
     def __post_init__(self):
         _check(self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
@@ -232,6 +236,14 @@ class RunOptions:
     the test images (a fraction; FP32 variants need strict parity instead)."""
     fidelity_max_drop_pp: float = 0.5
     """...and a test-accuracy drop of at most this many percentage points."""
+    robustness: str = "snr,s3"
+    """Corruption benchmark on the test images after training: snr,s3 (Song & Yan's SNR levels
+    50/40/30/20 dB plus every corruption at severity 3), full (severities 1-5), none, or a
+    comma list of snr, s1..s5, NAME, NAME:SEVERITY, snr:DB. Deployment variants that passed
+    fidelity are evaluated on the SNR levels."""
+    robustness_seed: int = 0
+    """Seed of the corruption draws (each image's draw also depends on its content hash, the
+    corruption and the severity, so every model sees the same corrupted images)."""
     target_accuracy: float = 0.995
     """Accuracy the automatic decisions must reach: on the validation images, the smallest
     calibrated-confidence threshold whose images reach it becomes the review threshold
@@ -327,6 +339,13 @@ class RunOptions:
             except RepositoryError as e:
                 why = str(e)
             _check(not why, "export_repository", why, self.export_repository)
+
+        from neu.corrupt import CorruptionSpecError, parse_plan
+
+        try:
+            parse_plan(self.robustness)
+        except CorruptionSpecError as e:
+            raise ConfigError(f"{e} (got {self.robustness!r})") from None
 
     @property
     def seed_list(self) -> list[int]:

@@ -728,6 +728,9 @@ def markdown(results: dict) -> str:
                 _md_table(*ratio_table_rows(results)),
             ]
     parts += deployment_markdown(results)
+    from bench.robustview import markdown as robustness_markdown
+
+    parts += robustness_markdown(results)
     if results.get("plot"):
         parts += ["## Accuracy vs latency", f"![accuracy vs batch-1 latency]({results['plot']})"]
     if results.get("exports"):
@@ -794,6 +797,8 @@ def sweep_note(sw: dict) -> str:
     phases = [f"{_minutes(sw.get('train_seconds_actual'))} of training (with per-epoch evaluation)"]
     if sw.get("speed_seconds_actual") is not None:
         phases.append(f"{_minutes(sw['speed_seconds_actual'])} of speed and deployment variants")
+    if sw.get("robustness_seconds_actual") is not None:
+        phases.append(f"{_minutes(sw['robustness_seconds_actual'])} of the corruption benchmark")
     if sw.get("export_seconds_actual") is not None:
         phases.append(f"{_minutes(sw['export_seconds_actual'])} of export and parity")
     return (

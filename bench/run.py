@@ -149,10 +149,23 @@ def _fingerprint(recipe_dict: dict, ds, splits) -> str:
 _EXECUTION_ONLY = ("eval_batch_size",)
 
 
+# Recipe fields added later whose default leaves training unchanged: left out of the hash at
+# their default, so runs made before they existed still resume.
+_OFF_BY_DEFAULT = {"augment_corruptions": False}
+
+
+def _recipe_dict(recipe: Recipe) -> dict:
+    d = to_dict(recipe)
+    for key, default in _OFF_BY_DEFAULT.items():
+        if d.get(key) == default:
+            d.pop(key)
+    return d
+
+
 def recipe_fingerprint(recipe: Recipe, ds, splits, precision: str) -> str:
     """What the trained weights depend on: the recipe with --amp resolved to the precision
     actually used (auto means fp32 on one CPU and bf16 on another), data and split(s)."""
-    d = {**to_dict(recipe), "amp": precision}
+    d = {**_recipe_dict(recipe), "amp": precision}
     for key in _EXECUTION_ONLY:
         d.pop(key)
     return _fingerprint(d, ds, splits)
@@ -169,7 +182,7 @@ def legacy_fingerprints(recipe: Recipe, ds, splits, precision: str, device) -> s
         amps = [True] if precision == old_auto else [False] if precision == "fp32" else []
     else:
         amps = [True, False] if precision == "fp32" else []
-    old = {k: v for k, v in to_dict(recipe).items() if k != "folds"}
+    old = {k: v for k, v in _recipe_dict(recipe).items() if k != "folds"}
     return {
         _fingerprint({**old, "amp": amp, "eval_batch_size": ebs}, ds, splits)
         for amp in amps
@@ -395,6 +408,8 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
         results["speed"] = measure_speed(results, out, ctx, opts, reporter, staged)
         results["sweep"]["speed_seconds_actual"] = time.perf_counter() - t
         report.write_outputs(out, results)
+    if opts.robustness != "none":
+        _robustness(results, out, opts, reporter, staged)
     _calibrate_and_explain(results, out, contexts, opts, reporter)
     from bench.exporting import export_and_verify
 
@@ -408,6 +423,23 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
     results["status"] = "ok" if not failed and not parity_failed else "failed"
     report.write_outputs(out, results, final=True)
     return results, 1 if failed or parity_failed else 0
+
+
+def _robustness(results, out, opts, reporter, staged) -> None:
+    """The corruption benchmark (bench.robuststep) on the files the speed step proved
+    faithful; a failure is recorded, never fatal to the results and exports."""
+    from bench.robuststep import robustness_step
+
+    t = time.perf_counter()
+    try:
+        robustness_step(results, out, data=opts.data_path(), spec=opts.robustness,
+                        seed=opts.robustness_seed, threads=opts.threads, staged=staged,
+                        log=reporter.log, layout=opts.layout)  # fmt: skip
+    except Exception as e:
+        results["robustness_error"] = f"{type(e).__name__}: {e}"
+        reporter.warn(f"robustness benchmark failed: {results['robustness_error']}")
+    results["sweep"]["robustness_seconds_actual"] = time.perf_counter() - t
+    report.write_outputs(out, results)
 
 
 def _calibrate_and_explain(results, out, contexts, opts, reporter) -> None:

@@ -130,6 +130,8 @@ class Context:
 
     def augment(self, raw: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         r = self.recipe
+        if r.augment_corruptions:
+            raw = _corrupt_batch(raw, generator)
         return train_batch(
             raw,
             image_size=r.image_size,
@@ -201,6 +203,16 @@ def pipeline_figures(data_s: float, compute_s: float, steps: int) -> dict:
         "compute_ms_per_step": compute_s / steps * 1e3 if steps else None,
         "pipeline_efficiency": compute_s / total if total > 0 else None,
     }
+
+
+def _corrupt_batch(raw: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """--augment-corruptions on the CPU (neu.corrupt is numpy): the seed comes from the
+    training generator, so the stream stays reproducible and rank-identical."""
+    from neu.corrupt import augment_batch
+
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    out = augment_batch(raw.cpu().numpy(), seed)
+    return torch.from_numpy(out).to(raw.device, non_blocking=True)
 
 
 def _derive_seed(*parts) -> int:

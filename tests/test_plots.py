@@ -153,6 +153,8 @@ def test_tiny_run_leaves_plots_embedded_in_report_md_and_html(tmp_path):
     assert p["errors"] == []
     assert set(p["confusion"]) == {"shufflenet_v2_x0_5 seed 0", "mobilenet_v3_small seed 0"}
     pngs = [p["training_curves"], *p["confusion"].values()]
+    # the corruption benchmark's heatmap, SNR plot and examples strip (default --robustness)
+    pngs += list(results["robustness"]["plots"].values())
     # ...and the calibration plots and Grad-CAM overlays (bench.calibrate, bench.explain)
     cal = results["calibration"]["plots"]
     pngs += [*cal["reliability"].values(), cal["risk_coverage"]]
