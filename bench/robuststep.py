@@ -77,6 +77,8 @@ def _variant_skip(r: dict) -> str | None:
         return f"not run here: {r['skipped']}"
     if not r.get("passed"):
         return "failed fidelity, never recommended"
+    if r.get("chosen") is False:
+        return "an INT8 candidate that was not kept: ort_int8 is the one shipped"
     if r["artifact"] not in _FILE_SUFFIX:
         if r.get("precision") == "fp32":
             return "FP32 weights with strict parity to torch: its answers are the fp32 rows'"
