@@ -210,6 +210,12 @@ def explanations_markdown(results: dict) -> list[str]:
             continue
         wrong = sum(1 for i in items if i["kind"] == "misclassified")
         parts.append(f"### {model}: {wrong} misclassified, {len(items) - wrong} correct")
+        total = (ex.get("misclassified_total") or {}).get(model)
+        if total and total > wrong:
+            parts.append(
+                f"{total} test images are misclassified; the first {wrong} (in split order) "
+                "are drawn."
+            )
         parts.append("\n".join(
             f"![{i['true']} / {i['predicted']} / p={i['probability']:.3f}: {i['file']}]"
             f"({i['png']})" for i in items))  # fmt: skip

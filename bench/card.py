@@ -116,18 +116,36 @@ def _share(s: dict | None) -> str:
 
 
 def _robustness(results: dict, model: str) -> str:
+    """The corruption benchmark's per-variant summary for `model` (results.json robustness)."""
     rob = results.get("robustness")
     if not rob:
         return "Not measured in this run (no corruption benchmark in results.json)."
-    rows = rob.get("rows", rob) if isinstance(rob, dict) else rob
-    mine = [r for r in rows if isinstance(r, dict) and r.get("model") == model] if isinstance(
-        rows, list) else []  # fmt: skip
+    summary = rob.get("summary") if isinstance(rob, dict) else None
+    mine = [s for s in summary or [] if s.get("model") == model]
     if not mine:
         return "results.json `robustness` holds no entry for this model."
-    keys = [k for k, v in mine[0].items() if isinstance(v, int | float | str) and k != "model"]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r.get(k)) for k in keys) + " |" for r in mine]
-    return "\n".join(lines)
+    snr_levels = sorted(
+        {db for s in mine for db in s["accuracy_at_snr_db"]}, key=float, reverse=True
+    )
+    head = ["variant", "clean", "mean corruption", "worst condition"]
+    lines = ["| " + " | ".join(head + [f"{db} dB" for db in snr_levels]) + " |"]
+    lines.append("|" + "---|" * (len(head) + len(snr_levels)))
+    for s in mine:
+        worst = (
+            f"{s['worst_condition']} ({_pct(s['worst_accuracy'])})" if s["worst_condition"] else "-"
+        )
+        snr = [_pct(s["accuracy_at_snr_db"].get(db)) for db in snr_levels]
+        cells = [
+            s["variant"],
+            _pct(s["clean_accuracy"]),
+            _pct(s["mean_corruption_accuracy"]),
+            worst,
+        ]
+        lines.append("| " + " | ".join(cells + snr) + " |")
+    verdict = rob.get("verdict") or {}
+    if verdict.get("most_robust"):
+        lines.append(f"\nMost robust model in this run: {verdict['most_robust']}.")
+    return "measured on the held-out test images (see report.md).\n\n" + "\n".join(lines)
 
 
 def _deployment(results: dict, entry: dict) -> str:

@@ -130,9 +130,18 @@ def _draw(overlay: np.ndarray, rec: dict, path: Path, temperature: float) -> Non
     _save(fig, path)
 
 
-def default_selection(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> list[int]:
-    """Every misclassified image, then the first correct image of each class (by position)."""
-    wrong = [int(i) for i in np.flatnonzero(labels != preds)]
+# A model that has barely trained misclassifies hundreds of test images: an overlay for each
+# would fill the report and hold every selected image in memory at once. The first this many
+# (in split order) are drawn, and the report says how many more there were.
+MAX_MISCLASSIFIED = 48
+
+
+def default_selection(
+    labels: np.ndarray, preds: np.ndarray, num_classes: int, max_wrong: int = MAX_MISCLASSIFIED
+) -> list[int]:
+    """The misclassified images (the first `max_wrong`, by position), then the first correct
+    image of each class."""
+    wrong = [int(i) for i in np.flatnonzero(labels != preds)][:max_wrong]
     correct = []
     for k in range(num_classes):
         hits = np.flatnonzero((labels == k) & (preds == k))
@@ -151,8 +160,9 @@ def _check_installed() -> None:
         raise RuntimeError(f"Grad-CAM needs the grad-cam package: {_INSTALL} ({e})") from None
 
 
-def explain_row(results: dict, out: Path, row: dict, ctx, out_dir: Path) -> list[dict]:
-    """The default set (misclassified + one correct per class) of one trained row."""
+def explain_row(results: dict, out: Path, row: dict, ctx, out_dir: Path) -> tuple[list[dict], int]:
+    """The default set (misclassified + one correct per class) of one trained row, and how
+    many images it misclassifies in all (the set draws at most MAX_MISCLASSIFIED of them)."""
     from bench.calibrate import row_logits, shipped_record
     from bench.registry import load_checkpoint
 
@@ -162,17 +172,19 @@ def explain_row(results: dict, out: Path, row: dict, ctx, out_dir: Path) -> list
     t = rec["temperature"] if rec else 1.0
     d = row_logits(row, out, ctx)
     labels = d["eval_labels"]
-    sel = default_selection(labels, d["eval_logits"].argmax(1), len(ctx.classes))
+    preds = d["eval_logits"].argmax(1)
+    sel = default_selection(labels, preds, len(ctx.classes))
     index = d["eval_index"][sel]
     idx = torch.as_tensor(index, device=ctx.test_idx.device)
     raw = ctx.gather(idx)
     model, _ = load_checkpoint(Path(out) / row["checkpoint"])
-    return explain(
+    items = explain(
         model, name,
         ctx.eval_transform(raw).float().cpu().numpy(), raw.cpu().numpy(),
         [ctx.dataset.files[i] for i in index], list(ctx.classes),
         labels=labels[sel], temperature=t, out_dir=out_dir,
     )  # fmt: skip
+    return items, int((labels != preds).sum())
 
 
 def explain_into(results: dict, out: Path, contexts: dict, reporter) -> None:
@@ -186,10 +198,11 @@ def explain_into(results: dict, out: Path, contexts: dict, reporter) -> None:
         ctx = contexts.get(row.get("fold")) or next(iter(contexts.values()))
         ex["split"] = "test" if len(ctx.test_idx) else "validation"
         try:
-            items = explain_row(results, out, row, ctx, out / "explain" / name)
+            items, wrong = explain_row(results, out, row, ctx, out / "explain" / name)
             for it in items:
                 it["png"] = f"explain/{name}/{it['png']}"
             ex["models"][name] = items
+            ex.setdefault("misclassified_total", {})[name] = wrong
             if items:
                 ex["layer_note"] = "each model's last convolutional block (`layer` per image)"
             reporter.log(f"[{name}] Grad-CAM: {len(items)} overlays in {out / 'explain' / name}")

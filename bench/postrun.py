@@ -104,7 +104,7 @@ def explain_command(
     if not images:
         contexts = contexts_for_run(run_dir, results, data)
         ctx = contexts.get(row.get("fold")) or next(iter(contexts.values()))
-        return explain_row(results, run_dir, row, ctx, out_dir)
+        return explain_row(results, run_dir, row, ctx, out_dir)[0]
     files, _ = collect_images(images)
     missing = [str(f) for f in files if not Path(f).is_file()]
     if missing:

@@ -81,9 +81,13 @@ def test_export_carries_temperature_threshold_and_card(run):
     ds = results["dataset"]
     for text in ("academic research use only", "Song and Y. Yan", ds["split_hash"],
                  "crazing 8", "Clopper-Pearson 95% CI", f"{rec['temperature']:.4f}",
-                 "|---|---|---|\n| ECE |", "Review threshold", "FP32 ONNX parity", "ISA",
-                 "Robustness to image corruptions: Not measured"):  # fmt: skip
+                 "|---|---|---|\n| ECE |", "Review threshold", "FP32 ONNX parity", "ISA"):  # fmt: skip
         assert text in card, text
+    # The corruption benchmark runs by default: the card summarises this model's figures.
+    summary = [s for s in results["robustness"]["summary"] if s["model"] == MODEL]
+    assert summary and "Robustness to image corruptions: measured" in card
+    fp32 = next(s for s in summary if s["variant"] == "fp32")
+    assert f"| fp32 | {100 * fp32['clean_accuracy']:.2f}% |" in card
 
 
 def test_bench_calibrate_on_a_copy_of_a_run_folder(run, tmp_path):
@@ -113,3 +117,11 @@ def test_bench_explain_any_image(run, tmp_path, capsys):
     assert (tmp_path / "x" / "Sc_3.png").read_bytes()[:4] == b"\x89PNG"
     assert "true scratches" in capsys.readouterr().out
     assert main(["explain", str(out), "--model", "resnet50"]) == 2
+
+
+def test_card_says_when_robustness_was_not_measured():
+    from bench.card import _robustness
+
+    assert _robustness({}, MODEL).startswith("Not measured")
+    other = {"robustness": {"summary": [{"model": "resnet50", "variant": "fp32"}]}}
+    assert "no entry for this model" in _robustness(other, MODEL)

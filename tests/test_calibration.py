@@ -129,3 +129,14 @@ def test_decide():
     assert C.decide(0.97, 0.97) == "auto"
     assert C.decide(0.96, 0.97) == "review"
     assert C.decide(1.0, None) == "review"
+
+
+def test_explanations_draw_at_most_the_cap_of_misclassified_images():
+    from bench.explain import default_selection
+
+    labels = np.array([0, 1, 2] * 40)
+    preds = np.where(np.arange(120) < 100, (labels + 1) % 3, labels)  # 100 wrong, 20 right
+    sel = default_selection(labels, preds, 3, max_wrong=48)
+    wrong = [i for i in sel if labels[i] != preds[i]]
+    assert wrong == list(range(48))  # the first 48 by position
+    assert [int(labels[i]) for i in sel[48:]] == [0, 1, 2]  # then one correct per class
