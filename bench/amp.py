@@ -1,7 +1,7 @@
 """Training precision: which one to use (a pure decision that states its reason) and how.
 
 Mixed precision only pays where the hardware does the narrow arithmetic natively: CUDA GPUs,
-and CPUs with AVX512_BF16 or AMX-BF16 (on 2 cores of a Xeon with AMX, issue 9 measured
+and CPUs with AVX512_BF16 or AMX-BF16 (on 2 cores of a Xeon with AMX, we measured
 ResNet-50 training at 5.7 img/s in fp32 and 16.4 img/s in bf16 autocast). On other CPUs torch emulates bf16/fp16 by
 converting around fp32 kernels, which is slower than fp32, so `auto` stays in fp32 there and
 says why. An explicit request is honoured anyway (that is how the cost is measured) and the

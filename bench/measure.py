@@ -137,7 +137,7 @@ def measure_model(
 ) -> tuple[list[dict], list[dict], list[str]]:
     """(speed rows, deployment rows, notes) of one model.
 
-    gpu_rows: also the issue-12 rows (torch AMP, every ONNX Runtime GPU provider, largest
+    gpu_rows: also the GPU rows (torch AMP, every ONNX Runtime GPU provider, largest
     batch) on CUDA or for explicitly named providers; the deployment variants (torch eager and
     ORT FP32 among them, all in one window) always. On a plain CPU run the variants' own
     timed cases are the speed rows, so nothing is measured twice.
