@@ -66,6 +66,9 @@ def checkpoint_images(meta: dict, data: str | Path, origin: str, calibration_ima
     mean, std = meta["mean"], meta["std"]
     return (
         CalibrationData(inputs=normalize(pixels[cal], mean, std), seed=seed, source="train split"),
-        FidelityData(inputs=normalize(pixels[test], mean, std), labels=labels[test],
-                     source=f"{source} of {data}"),  # fmt: skip
+        FidelityData(
+            inputs=normalize(pixels[test], mean, std),
+            labels=labels[test],
+            source=f"{source} of {data}",
+        ),  # fmt: skip
     )

@@ -470,9 +470,7 @@ def recommend(rows: Sequence[dict]) -> dict:
             "artifact", "size_mb")  # fmt: skip
     by_model = {m: {k: r.get(k) for k in keys} for m, r in fastest.items()}
     for m in {r["model"] for r in rows} - set(by_model):
-        by_model[m] = _speed_only(rows, m) or {
-            "variant": None, "why": "no variant passed fidelity"
-        }
+        by_model[m] = _speed_only(rows, m) or {"variant": None, "why": "no variant passed fidelity"}
     with_acc = [r for r in ok if r.get("test_accuracy") is not None]
     front = pareto_front([(r["latency_ms_p50"], r["test_accuracy"]) for r in with_acc])
     pareto = [

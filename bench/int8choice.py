@@ -134,9 +134,7 @@ def _p50s(rows: Sequence[dict]) -> str:
 def batch32_candidates(rows: Sequence[dict], k: int = BATCH32_CANDIDATES) -> list[str]:
     """The variants of the `k` candidates timed again at batch 32: the fastest at batch 1,
     those that passed fidelity (or were not judged) first, failing ones only to fill up."""
-    ranked = sorted(
-        _measured(rows), key=lambda r: (r.get("passed") is False, r["latency_ms_p50"])
-    )
+    ranked = sorted(_measured(rows), key=lambda r: (r.get("passed") is False, r["latency_ms_p50"]))
     return [r["variant"] for r in ranked[:k]]
 
 

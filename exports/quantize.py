@@ -129,8 +129,7 @@ def int8_candidates(*, vnni: bool, machine: str | None = None) -> list[Int8Setti
     fidelity (`with_calibration`).
     """
     return [
-        int8_settings(vnni=vnni, machine=machine, activation_type=act)
-        for act in ("uint8", "int8")
+        int8_settings(vnni=vnni, machine=machine, activation_type=act) for act in ("uint8", "int8")
     ]
 
 

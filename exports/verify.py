@@ -87,17 +87,25 @@ def _tolerance(info, n: int, provider: str, batch_size: int):
     raw = info.raw.get(METADATA_PREFIX + MEASURED_KEY)
     m = json.loads(raw) if raw else None
     if m and m.get("provider") == provider and m.get("batch_size") == batch_size:
-        return 0.0, int(m["correct"]), (
-            f"exact: the file's figure was measured by onnxruntime {m.get('provider')} at batch "
-            f"{m.get('batch_size')}, as here"
+        return (
+            0.0,
+            int(m["correct"]),
+            (
+                f"exact: the file's figure was measured by onnxruntime {m.get('provider')} at batch "
+                f"{m.get('batch_size')}, as here"
+            ),
         )
     if not m:
         return None, None, None  # no stamped count: the caller applies exports.figures' rule
     tol = accuracy_tolerance(n)
-    return tol, None, (
-        f"the file's figure was measured by {m.get('provider')} at batch "
-        f"{m.get('batch_size')}, this run uses {provider} at batch {batch_size}: near-tied "
-        f"logits may flip, so {tol:.4f} (2 images or 0.5%) is allowed"
+    return (
+        tol,
+        None,
+        (
+            f"the file's figure was measured by {m.get('provider')} at batch "
+            f"{m.get('batch_size')}, this run uses {provider} at batch {batch_size}: near-tied "
+            f"logits may flip, so {tol:.4f} (2 images or 0.5%) is allowed"
+        ),
     )
 
 
