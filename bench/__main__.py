@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument("--fidelity-min-agreement", type=float, default=0.99)
     speed.add_argument("--fidelity-max-drop-pp", type=float, default=0.5)
 
-    from bench.trainspeed import TrainSpeedOptions
+    from bench.measure.trainspeed import TrainSpeedOptions
 
     ts = sub.add_parser(
         "train-speed",
@@ -104,11 +104,11 @@ def _parser() -> argparse.ArgumentParser:
         description="The corruption benchmark (SNR levels, corruptions x severities) on the "
         "held-out test images of an existing run folder or exported ONNX file.",
     )
-    from bench.robustcmd import add_arguments
+    from bench.cli.robustness import add_arguments
 
     add_arguments(rb)
 
-    from bench.postrun import add_parsers
+    from bench.cli.postrun import add_parsers
 
     add_parsers(sub)  # calibrate, explain
 
@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
 def _robustness_parser() -> argparse.ArgumentParser:
     # Without the other subcommands: `bench train-speed`'s options import torch, and
     # `bench robustness MODEL.onnx` must run where torch is not installed.
-    from bench.robustcmd import add_arguments
+    from bench.cli.robustness import add_arguments
 
     p = argparse.ArgumentParser(prog="python -m bench")
     sub = p.add_subparsers(dest="command", required=True)
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
         if args.command == "robustness":
             return _robustness(args, console)
         if args.command in ("calibrate", "explain"):
-            from bench.postrun import dispatch
+            from bench.cli.postrun import dispatch
 
             return dispatch(args, console)
     except ConfigError as e:
@@ -156,9 +156,9 @@ def main(argv=None) -> int:
 
 
 def _run(args, console) -> int:
+    from bench.cli.run import run
     from bench.registry import WeightsUnavailableError
-    from bench.report import print_tables
-    from bench.run import run
+    from bench.report.core import print_tables
     from bench.ui import make_reporter
 
     values = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
@@ -189,8 +189,8 @@ def _run(args, console) -> int:
 
 
 def _speed(args, console) -> int:
-    from bench.report import print_tables
-    from bench.speedcmd import speed_command
+    from bench.measurecmd import speed_command
+    from bench.report.core import print_tables
     from bench.ui import make_reporter
     from exports.runtime import ProviderUnavailableError
 
@@ -231,8 +231,8 @@ def _speed(args, console) -> int:
 
 
 def _robustness(args, console) -> int:
-    from bench.robustcmd import robustness_command
-    from bench.robustview import summary_table
+    from bench.cli.robustness import robustness_command
+    from bench.report.robustness import summary_table
 
     try:
         results, out = robustness_command(args, log=lambda m: console.print(m, markup=False))
@@ -259,7 +259,7 @@ def _robustness(args, console) -> int:
 def _train_speed(args, console) -> int:
     from rich.table import Table
 
-    from bench.trainspeed import TrainSpeedOptions, table_rows, train_speed
+    from bench.measure.trainspeed import TrainSpeedOptions, table_rows, train_speed
 
     opts = TrainSpeedOptions(**{k: v for k, v in vars(args).items() if k != "command"})
     results = train_speed(opts, log=lambda m: console.print(m, markup=False))
@@ -285,8 +285,8 @@ def _train_speed(args, console) -> int:
 def _list(args, console) -> int:
     from rich.table import Table
 
+    from bench.measure import count_gflops, count_params
     from bench.registry import DEFAULT_MODELS, build_model, imagenet_weights, list_models
-    from bench.speed import count_gflops, count_params
 
     table = Table(title=f"registered models (GFLOPs at {args.image_size} px, batch 1)")
     for col in ("model", "in 'all'", "params (M)", "GFLOPs", "ImageNet weights"):

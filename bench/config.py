@@ -310,8 +310,6 @@ class RunOptions:
             "must be > 0",
             self.memory_budget_mb,
         )
-        from bench.speed.variants import GROUPS, parse_variants
-
         try:
             parse_variants(self.variants)
             ok = True
@@ -544,3 +542,20 @@ __all__ = [
     "load_toml",
     "to_dict",
 ]
+
+
+# --variants groups, in the order rows are shown.
+GROUPS = ("fp32", "int8", "fp16", "bf16", "compile", "openvino")
+
+
+def parse_variants(text: str | None) -> tuple[str, ...]:
+    """'all' / None -> every group; else a comma list of GROUPS (error names the flag)."""
+    if text is None or text.strip() in ("", "all"):
+        return GROUPS
+    wanted = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [v for v in wanted if v not in GROUPS]
+    if unknown or not wanted:
+        raise ValueError(
+            f"--variants {text!r}: unknown {unknown}; choose from all, {', '.join(GROUPS)}"
+        )
+    return wanted

@@ -2,7 +2,7 @@
 
 The deployment runtime (exports.runtime) divides the logits by the temperature stored in the
 file and compares the top-1 probability with the stored review threshold; the harness
-(bench.calibrate) fits both on the validation images and measures them on the test images.
+(bench.release.calibrate) fits both on the validation images and measures them on the test images.
 The numpy metrics here are the torch-free twins of the torchmetrics ones bench uses (same
 15 equal-width bins, same bucketing), so ONNX Runtime logits of a deployment variant are
 scored exactly as torch logits are.

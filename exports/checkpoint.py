@@ -1,6 +1,6 @@
 """The checkpoint format: what `bench run` saves as best.pt, and how a model is rebuilt from it.
 
-One module owns the format so that its writer (bench.train) and its readers (`bench speed
+One module owns the format so that its writer (bench.train.loop) and its readers (`bench speed
 --checkpoint`, the export step, `python -m exports verify --checkpoint`) cannot drift apart,
 and so that exports/ rebuilds a trained network without importing the bench harness: data
 flows neu -> exports -> bench, never back. The torch-free deployment runtime

@@ -128,7 +128,7 @@ def create_session(
     `session.disable_cpu_ep_fallback` and leave CPUExecutionProvider out of the list (ORT
     rejects both together), so a graph the GPU provider cannot run entirely fails to load
     (ProviderUnavailableError) instead of quietly running some nodes on the CPU.
-    enable_profiling: a file prefix; the session writes an ORT profile (bench.speed.placement).
+    enable_profiling: a file prefix; the session writes an ORT profile (bench.measure.placement).
     A missing, truncated or non-ONNX file raises ModelFormatError.
     """
     import onnxruntime as ort

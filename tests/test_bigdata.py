@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bench.config import ConfigError, RunOptions
-from bench.data import decide_placement
+from bench.train.data import decide_placement
 from neu import NEU_CODES
 from tests.conftest import write_image
 
@@ -126,7 +126,7 @@ def test_folds_share_one_placement_of_the_images(tmp_path):
     # --folds K builds K Contexts over one dataset: the images must be placed once (not K
     # copies in RAM or on the GPU) and every fold must read them from the same place.
     from bench.config import Recipe
-    from bench.train import Context
+    from bench.train.loop import Context
     from neu.dataset import load_dataset
     from neu.split import make_split
 

@@ -120,7 +120,7 @@ def test_bench_explain_any_image(run, tmp_path, capsys):
 
 
 def test_card_says_when_robustness_was_not_measured():
-    from bench.card import _robustness
+    from bench.report.card import _robustness
 
     assert _robustness({}, MODEL).startswith("Not measured")
     other = {"robustness": {"summary": [{"model": "resnet50", "variant": "fp32"}]}}

@@ -1,11 +1,11 @@
-"""Calibration, temperature scaling and the review threshold (exports.calibration, bench.calibrate)."""
+"""Calibration, temperature scaling and the review threshold (exports.calibration, bench.release.calibrate)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench.calibrate import calibrate_logits, operating_point, torch_figures
+from bench.release.calibrate import calibrate_logits, operating_point, torch_figures
 from exports import calibration as C
 
 
@@ -132,7 +132,7 @@ def test_decide():
 
 
 def test_explanations_draw_at_most_the_cap_of_misclassified_images():
-    from bench.explain import default_selection
+    from bench.release.explain import default_selection
 
     labels = np.array([0, 1, 2] * 40)
     preds = np.where(np.arange(120) < 100, (labels + 1) % 3, labels)  # 100 wrong, 20 right

@@ -1,4 +1,4 @@
-"""The checkpoint format (exports.checkpoint): written by bench.train, read by bench and exports."""
+"""The checkpoint format (exports.checkpoint): written by bench.train.loop, read by bench and exports."""
 
 from __future__ import annotations
 

@@ -245,7 +245,7 @@ def test_bench_speed_refuses_a_gpu_provider_that_falls_back(tmp_path, capsys):
 def test_speed_step_files_of_models_not_exported_are_deleted(tmp_path):
     from types import SimpleNamespace
 
-    from bench import exporting
+    from bench.release import export as exporting
 
     staged = tmp_path / "variants" / "m" / "m.onnx"
     staged.parent.mkdir(parents=True)

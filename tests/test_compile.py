@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-import bench.run as bench_run
-import bench.train as bench_train
+import bench.cli.run as bench_run
+import bench.train.loop as bench_train
 from bench.ui import NullReporter
 from tests.conftest import make_neu_flat
 from tests.test_train import MODEL, tiny_opts, tiny_recipe

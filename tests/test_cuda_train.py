@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from bench.amp import resolve_precision
-from bench.train import train_step
+from bench.train.loop import train_step
 from neu.augment import eval_batch, train_batch
 
 pytestmark = pytest.mark.needs_cuda

@@ -1,4 +1,4 @@
-"""bench.deployment + bench.speed.variants: every variant judged, timed in one window, recommended."""
+"""bench.measure.deployment + bench.measure.variants: every variant judged, timed in one window, recommended."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.deployment import CalibrationData, FidelityData, measure_deployment, recommend
-from bench.speed import Timing
-from bench.speed.variants import parse_variants
+from bench.measure import Timing
+from bench.measure.deployment import CalibrationData, FidelityData, measure_deployment, recommend
+from bench.measure.variants import parse_variants
 from exports.export import export_onnx
 from exports.fidelity import FidelityThresholds
 from tests.test_export import metadata, tiny_model, varied_inputs
@@ -78,7 +78,7 @@ def test_parse_variants_names_the_flag():
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     """One tiny model through every variant group this CPU-only test can afford."""
-    import bench.speed.variants as variants
+    import bench.measure.variants as variants
 
     tmp = tmp_path_factory.mktemp("deployment")
     model = tiny_model(size=SIZE)

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from bench.config import Recipe
-from bench.distributed import Dist
+from bench.train.distributed import Dist
 
 S = 24
 LR = 1e-3
@@ -41,7 +41,7 @@ def _register():
 
 
 def _train(data: Path, out: Path, d: Dist, epochs: int = 1, amp: str = "off") -> dict:
-    from bench.train import Context, train_one
+    from bench.train.loop import Context, train_one
     from neu.dataset import load_dataset
     from neu.split import make_split
 
@@ -63,7 +63,7 @@ def _worker(rank, world, data, out, init, epochs=1, die_on_eval_call=None, amp="
     torch.set_num_threads(1)
     d = Dist(rank=rank, world_size=world, local_rank=rank, backend="gloo")
     if die_on_eval_call is not None and rank == 1:
-        import bench.train as bt
+        import bench.train.loop as bt
 
         real, calls = bt.evaluate, []
 
@@ -146,7 +146,7 @@ def test_two_gloo_ranks_match_one_process_under_bf16_autocast(tiny_neu, tmp_path
     assert diffs.max().item() <= 2 * LR * steps * 1.01
     # Not vacuous: training moved the weights far more than the two runs differ.
     from bench.registry import build_model
-    from bench.train import _derive_seed
+    from bench.train.loop import _derive_seed
 
     torch.manual_seed(_derive_seed(0, "init"))
     init = build_model("tiny_convnet", num_classes=6, weights="none").state_dict()

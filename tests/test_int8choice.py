@@ -1,4 +1,4 @@
-"""INT8 chosen by measurement (bench.int8choice): the fastest passing candidate, settings
+"""INT8 chosen by measurement (bench.measure.int8choice): the fastest passing candidate, settings
 recorded, random weights never "passed", every candidate file deployable without torch."""
 
 from __future__ import annotations
@@ -9,9 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from bench.deployment import CalibrationData, FidelityData, measure_deployment, recommend
-from bench.int8choice import Int8Candidate, batch32_candidates, choose_int8, fallback_settings
-from bench.speed import Timing
+from bench.measure import Timing
+from bench.measure.deployment import CalibrationData, FidelityData, measure_deployment, recommend
+from bench.measure.int8choice import (
+    Int8Candidate,
+    batch32_candidates,
+    choose_int8,
+    fallback_settings,
+)
 from exports.export import export_onnx
 from exports.fidelity import FidelityThresholds
 from exports.quantize import int8_candidates, settings_slug
@@ -149,7 +154,7 @@ def test_fallback_is_percentile_for_the_failing_minmax_candidates_only():
 def test_when_every_candidate_fails_percentile_is_tried_and_none_is_chosen(tmp_path, monkeypatch):
     import dataclasses
 
-    import bench.deployment as dep
+    import bench.measure.deployment as dep
 
     real = dep.compare_logits
 
@@ -175,7 +180,7 @@ def test_when_every_candidate_fails_percentile_is_tried_and_none_is_chosen(tmp_p
 
 
 def test_a_checkpoint_without_data_is_timed_not_judged(monkeypatch):
-    from bench.speedcmd import _images
+    from bench.measurecmd import _images
 
     monkeypatch.delenv("NEU_DATA", raising=False)
     logged = []

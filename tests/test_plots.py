@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import plots
-from bench.html import markdown_to_html
+from bench.report import plots
+from bench.report.html import markdown_to_html
 from tests.conftest import make_neu_flat
 
 MODELS = ("resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5")
@@ -138,7 +138,7 @@ def test_tiny_run_leaves_plots_embedded_in_report_md_and_html(tmp_path):
     data = make_neu_flat(tmp_path / "NEU-CLS", per_class=6, size=(40, 40))
     out = tmp_path / "run"
     from bench.__main__ import main
-    from bench.report import write_outputs
+    from bench.report.core import write_outputs
 
     # --no-speed: speed needs an ONNX export per model, minutes on a shared 2-core CPU; the
     # latency plot is wired in below from speed rows added to the same results.
@@ -155,7 +155,7 @@ def test_tiny_run_leaves_plots_embedded_in_report_md_and_html(tmp_path):
     pngs = [p["training_curves"], *p["confusion"].values()]
     # the corruption benchmark's heatmap, SNR plot and examples strip (default --robustness)
     pngs += list(results["robustness"]["plots"].values())
-    # ...and the calibration plots and Grad-CAM overlays (bench.calibrate, bench.explain)
+    # ...and the calibration plots and Grad-CAM overlays (bench.release.calibrate, bench.release.explain)
     cal = results["calibration"]["plots"]
     pngs += [*cal["reliability"].values(), cal["risk_coverage"]]
     pngs += [i["png"] for items in results["explanations"]["models"].values() for i in items]
@@ -202,7 +202,7 @@ def _cpu_variant_rows():
 def test_accuracy_vs_latency_tells_variants_of_one_runtime_apart(tmp_path):
     """A CPU run's two torch fp32 variants once collided ('duplicated: ... (torch/cpu)') and the
     error ended `bench run` after training, before its exports were recorded."""
-    from bench.speed import plot_accuracy_vs_latency
+    from bench.measure import plot_accuracy_vs_latency
 
     rows = [{**r, "val_accuracy": 0.96} for r in _cpu_variant_rows()]
     path = plot_accuracy_vs_latency(rows, tmp_path / "p.png", ylabel="test accuracy (%)")
@@ -212,8 +212,8 @@ def test_accuracy_vs_latency_tells_variants_of_one_runtime_apart(tmp_path):
 def test_latency_boxes_and_the_pareto_plot_name_variants_alike(tmp_path):
     """Eager and compiled torch fp32 were both 'torch/cpu' in the box plot while the Pareto
     plot named the variant: one labeller serves both now."""
-    from bench.speed import plot_accuracy_vs_latency
-    from bench.speed.pareto import row_label
+    from bench.measure import plot_accuracy_vs_latency
+    from bench.measure.pareto import row_label
 
     rows = [{**r, "n": 2, "latency_ms_samples": [r["latency_ms_p50"]] * 2}
             for r in _cpu_variant_rows()]  # fmt: skip
@@ -228,7 +228,7 @@ def test_latency_boxes_and_the_pareto_plot_name_variants_alike(tmp_path):
 
 
 def test_a_plot_that_fails_is_recorded_and_the_export_step_goes_on(tmp_path, monkeypatch):
-    from bench import exporting
+    from bench.release import export as exporting
 
     def boom(*a, **k):
         raise RuntimeError("no display")

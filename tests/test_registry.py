@@ -70,7 +70,7 @@ _CLAIMED = [
 @pytest.mark.parametrize("name", _CLAIMED)
 def test_every_claimed_model_takes_a_training_step(name):
     from bench.config import Recipe
-    from bench.train import make_optimizer
+    from bench.train.loop import make_optimizer
 
     torch.manual_seed(0)
     model = build_model(name, num_classes=6).train()

@@ -1,4 +1,4 @@
-"""The corruption benchmark: neu.corrupt, neu.heldout, bench.robustness, `bench robustness`."""
+"""The corruption benchmark: neu.corrupt, neu.heldout, bench.measure.robustness, `bench robustness`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from bench import robustness as R
 from bench.config import ConfigError, RunOptions
+from bench.measure import robustness as R
 from neu import corrupt as C
 from neu.heldout import load_heldout
 from neu.layout import DatasetError
@@ -304,8 +304,8 @@ def test_augment_batch_is_seeded_and_corrupts_about_half():
 
 
 def test_augment_corruptions_is_off_by_default_and_keeps_old_fingerprints():
+    from bench.cli.run import _recipe_dict
     from bench.config import Recipe
-    from bench.run import _recipe_dict
 
     assert Recipe().augment_corruptions is False
     assert "augment_corruptions" not in _recipe_dict(Recipe())
@@ -315,7 +315,7 @@ def test_augment_corruptions_is_off_by_default_and_keeps_old_fingerprints():
 def test_augment_corruptions_changes_training_batches_only():
     import torch
 
-    from bench.train import Context
+    from bench.train.loop import Context
 
     class Stub:  # just what Context.augment reads
         def __init__(self, on):

@@ -1,4 +1,4 @@
-"""bench.speed: statistics, the timing loop, OOM shrink, ORT provider honesty, Pareto + plot.
+"""bench.measure: statistics, the timing loop, OOM shrink, ORT provider honesty, Pareto + plot.
 
 Tiny conv nets at 16-32 px and min_seconds ~0 keep every test well under a second.
 """
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import speed
+from bench import measure as speed
 from tests.conftest import export_plain_onnx
 
 ROW_KEYS = {
@@ -291,7 +291,7 @@ def test_driver_records_a_failing_backend_and_keeps_the_others():
 
 
 def test_combine_rounds_takes_medians_and_the_spread_of_p50s():
-    from bench.speed.driver import SpeedRow, combine_rounds
+    from bench.measure.driver import SpeedRow, combine_rounds
 
     ms = 1e-3
     rounds = [([10 * ms, 10 * ms, 30 * ms], 5.0), ([12 * ms] * 3, None), ([11 * ms] * 3, 20.0)]
@@ -469,7 +469,7 @@ def test_environment_has_the_essentials():
 
 
 def test_report_names_the_cpu_isa_in_header_and_speed_section():
-    from bench.report import markdown
+    from bench.report.core import markdown
 
     env = {"cpu": "Test CPU", "cpu_isa": {"torch_capability": "AVX512", "avx512f": True},
            "cpu_isa_label": "AVX-512 VNNI + AMX"}  # fmt: skip
@@ -530,8 +530,8 @@ def test_plot_is_a_valid_png(tmp_path):
 
 
 def test_rows_keep_a_bounded_sample_list_across_rounds_in_timing_order():
-    from bench.speed.driver import SpeedRow, combine_rounds
-    from bench.speed.timing import MAX_KEPT_SAMPLES
+    from bench.measure.driver import SpeedRow, combine_rounds
+    from bench.measure.timing import MAX_KEPT_SAMPLES
 
     def row(rounds):
         return combine_rounds(

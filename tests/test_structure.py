@@ -1,5 +1,11 @@
-"""Package layering: data flows neu -> exports -> bench (or neu -> bench), never back, and no
-module of bench imports one that imports it back (lazy imports inside functions included)."""
+"""Package layering and bench's rooms.
+
+Data flows neu -> exports -> bench, never back. Inside bench the rooms are layered too:
+shared modules at the top of the package (config, registry, amp, cpu, device, metrics, ui),
+then train/, measure/, report/ (views of results.json), release/ (the steps that write a
+run's deliverables, using report's renderers), cli/ (the commands), and __main__ (parse and
+dispatch). A module imports only its own room or lower ones, and no set of modules imports
+itself around a circle anywhere (lazy imports inside functions included)."""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LAYER = {"neu": 0, "exports": 1, "bench": 2}
+ROOMS = ["shared", "train", "measure", "report", "release", "cli", "__main__"]
 
 
 def imports_of(path: Path) -> set[str]:
@@ -30,6 +37,54 @@ def modules() -> dict[str, Path]:
     return out
 
 
+def graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (a package's own __init__ excluded: importing
+    bench.measure.step runs bench/measure/__init__.py, which is not an edge back)."""
+    mods = modules()
+    return {
+        m: {i for i in imports_of(p) if i in mods and i != m and not m.startswith(i + ".")}
+        for m, p in mods.items()
+    }
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) >= 2 and parts[1] in ROOMS:
+        return parts[1]
+    return "shared"
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(g.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return out
+
+
 def test_no_back_edges_between_packages():
     back = [
         f"{mod} imports {imp}"
@@ -40,12 +95,37 @@ def test_no_back_edges_between_packages():
     assert back == []
 
 
-def test_no_import_cycles_between_bench_modules():
-    mods = modules()
-    graph = {
-        m: {i for i in imports_of(p) if i in mods and i != m and not m.startswith(i + ".")}
-        for m, p in mods.items()
-        if m.startswith("bench.") and not m.endswith("__main__")
-    }
-    cycles = [f"{a} <-> {b}" for a, deps in graph.items() for b in deps if a in graph.get(b, ())]
-    assert cycles == []
+def test_bench_rooms_import_only_their_own_or_lower_rooms():
+    rank = {r: i for i, r in enumerate(ROOMS)}
+    up = sorted(
+        f"{m} ({room(m)}) imports {i} ({room(i)})"
+        for m, deps in graph().items()
+        if m.startswith("bench")
+        for i in deps
+        if i.startswith("bench") and rank[room(i)] > rank[room(m)]
+    )
+    assert up == [], "a lower room imports a higher one:\n" + "\n".join(up)
+
+
+def test_every_bench_module_is_in_a_room():
+    """A new top-level module is a shared one: it must not import a room (else it belongs in
+    that room)."""
+    rooms = {r for r in ROOMS if r not in ("shared", "__main__")}
+    strays = sorted(
+        m
+        for m, path in modules().items()
+        if m.startswith("bench.") and m.count(".") == 1 and m.split(".")[1] not in rooms
+        and m != "bench.__main__" and any(room(i) != "shared" for i in graph()[m])
+    )  # fmt: skip
+    assert strays == []
+
+
+def test_no_import_cycles_anywhere():
+    found = cycles(graph())
+    assert found == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+def test_the_cycle_finder_finds_cycles():
+    g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(g) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

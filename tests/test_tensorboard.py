@@ -27,7 +27,7 @@ def _scalars(logdir):
 
 def test_reporter_writes_one_run_per_model_and_seed_and_forwards_everything(tmp_path):
     pytest.importorskip("tensorboard")
-    from bench.tblog import TAGS, TensorBoardReporter
+    from bench.train.tblog import TAGS, TensorBoardReporter
     from bench.ui import NullReporter
 
     class Recorder(NullReporter):
@@ -65,7 +65,7 @@ def test_reporter_writes_one_run_per_model_and_seed_and_forwards_everything(tmp_
 
 def test_bench_run_tensorboard_curves_match_the_training_history(tmp_path):
     pytest.importorskip("tensorboard")
-    from bench.tblog import TAGS
+    from bench.train.tblog import TAGS
 
     data = make_neu_flat(tmp_path / "NEU-CLS", per_class=6, size=(40, 40))
     out = tmp_path / "run"

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import bench.run as bench_run
+import bench.cli.run as bench_run
 from bench.amp import resolve_precision
 from bench.config import Recipe, RunOptions
 from bench.registry import build_model
-from bench.train import make_optimizer
+from bench.train.loop import make_optimizer
 from bench.ui import NullReporter
 from tests.conftest import make_neu_flat
 
@@ -146,7 +146,7 @@ def test_finished_model_is_never_retrained(finished, data, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("retrained a finished model")
 
-    monkeypatch.setattr("bench.train.build_model", boom)
+    monkeypatch.setattr("bench.train.loop.build_model", boom)
     again, code = bench_run.run(tiny_recipe(), tiny_opts(data, out), NullReporter())
     assert code == 0
     assert again["rows"][0]["val_accuracy"] == results["rows"][0]["val_accuracy"]
@@ -293,7 +293,7 @@ def test_pipeline_efficiency_splits_the_real_steps_into_data_and_compute(
 ):
     """A data path made 30 ms slower per batch must show up as data time, not compute, and
     evaluation time (made 0.2 s slower per call) must not count as training time."""
-    from bench import train
+    from bench.train import loop as train
 
     slow_augment, slow_eval = train.Context.augment, train.evaluate
 

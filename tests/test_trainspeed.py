@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import bench.trainspeed as ts
+import bench.measure.trainspeed as ts
 from bench.__main__ import main
 from bench.amp import resolve_precision
 from bench.config import ConfigError

@@ -2,7 +2,7 @@
 
 Micro-benchmarks that catch performance regressions in CI: one eager forward per default
 architecture and one ONNX Runtime session run, at 64 px, batch 1, on CPU. They are NOT the
-reported speed numbers (those come from bench.speed with time-bounded runs at the real image
+reported speed numbers (those come from bench.measure with time-bounded runs at the real image
 size); 64 px keeps the whole suite under ~2 minutes on 2 cores. The augmented training batch
 benchmark belongs to the data suite.
 """

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import report, speed
-from bench.measure import best_rows, row_metadata
+from bench import measure as speed
+from bench.measure.step import best_rows, row_metadata
 from bench.registry import load_checkpoint
+from bench.report import core as report
 
 
 def _batch1_latency(rows: list[dict], name: str, runtime: str = "torch") -> float | None:
@@ -133,14 +134,14 @@ def export_and_verify(
             reporter.warn(f"[{name}] export failed: {entry['error']}")
         results["exports"].append(entry)
     try:  # temperature, review threshold and the model card beside each export
-        from bench.card import stamp_exports
+        from bench.report.card import stamp_exports
 
         stamp_exports(results, out, reporter)
     except Exception as e:
         results.setdefault("card_errors", []).append(f"{type(e).__name__}: {e}")
         reporter.warn(f"model cards / decision metadata failed: {type(e).__name__}: {e}")
     if opts.embed_preprocessing or opts.export_repository:
-        from bench.serving import serve_exports
+        from bench.release.serving import serve_exports
 
         serve_exports(results, out, ctx, opts, reporter, contexts=contexts)
     if opts.speed:
@@ -192,7 +193,7 @@ def export_recommended(
     """
     import json
 
-    from bench.deployment import ARTIFACT_SUFFIX
+    from bench.measure.deployment import ARTIFACT_SUFFIX
     from exports.quantize import update_metadata
     from neu._io import atomic_write_bytes
 

@@ -23,9 +23,9 @@ from torch import nn
 from bench import metrics as M
 from bench.amp import resolve_precision
 from bench.config import Recipe
-from bench.data import Gather, Prefetcher, decide_placement, place_images
-from bench.distributed import Dist, wrap_model
 from bench.registry import build_model, head_parameter_names
+from bench.train.data import Gather, Prefetcher, decide_placement, place_images
+from bench.train.distributed import Dist, wrap_model
 from exports.checkpoint import make_checkpoint
 from neu._io import atomic_path, atomic_write_json, atomic_write_text
 from neu.augment import eval_batch, train_batch
@@ -49,7 +49,7 @@ HISTORY_FIELDS = [
 
 @dataclass
 class Context:
-    """Everything shared by all models of a run: the images where they fit (bench.data),
+    """Everything shared by all models of a run: the images where they fit (bench.train.data),
     split, recipe."""
 
     dataset: object  # neu.dataset.Dataset
@@ -440,7 +440,7 @@ def train_one(
             start = clock.mark()
             raw, y = next(loader)  # waits only if the prefetched batch is not ready yet
             # Distributed: the whole global batch is augmented on every rank (same stream as
-            # one process; ~1% of a step) and each keeps its slice; see bench.distributed.
+            # one process; ~1% of a step) and each keeps its slice; see bench.train.distributed.
             x = ctx.augment(raw, gen)
             global_b = len(y)
             step_loss = loss_fn

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from bench.speed.backends import Backend, OnnxRuntime, TorchEager
-from bench.speed.maxbatch import find_max_batch
-from bench.speed.timing import (
+from bench.measure.backends import Backend, OnnxRuntime, TorchEager
+from bench.measure.maxbatch import find_max_batch
+from bench.measure.timing import (
     Timing,
     kept_samples,
     measure,

@@ -14,8 +14,8 @@ import platform
 import time
 from pathlib import Path
 
-from bench import robustness as R
-from bench import robustview as V
+from bench.measure import robustness as R
+from bench.report import robustness as V
 from neu import corrupt as C
 from neu._io import atomic_write_json, atomic_write_text
 
@@ -51,8 +51,8 @@ def robustness_command(args, log=print) -> tuple[dict, Path]:
 
 
 def _run_dir(run: Path, args, data: Path, log) -> dict:
-    from bench.report import write_outputs
-    from bench.robuststep import robustness_step
+    from bench.release.robustness import robustness_step
+    from bench.report.core import write_outputs
 
     path = run / "results.json"
     if not path.is_file():
@@ -131,7 +131,7 @@ def _onnx_file(target: Path, args, plan, data: Path, log) -> tuple[dict, Path]:
 
 
 def _environment(threads) -> dict:
-    """Machine and versions, torch-free (bench.speed.environment imports torch)."""
+    """Machine and versions, torch-free (bench.measure.environment imports torch)."""
     from importlib import metadata
 
     from bench.cpu import ISA_FLAGS, cpu_flags, isa_label
@@ -166,7 +166,7 @@ def _installed(dist: str) -> bool:
 
 
 def _write_report(out: Path, results: dict) -> None:
-    from bench.html import markdown_to_html
+    from bench.report.html import markdown_to_html
 
     env = results["environment"]
     md = "\n\n".join(

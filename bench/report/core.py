@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import metrics as M
-from bench.speed.placement import placement_note
+from bench.measure.placement import placement_note
 from neu._io import atomic_write_json, atomic_write_text
 
 ROW_COLUMNS = [
@@ -692,7 +692,7 @@ def markdown(results: dict) -> str:
                     ],
                 )
             )
-    from bench.calibration_views import markdown as calibration_markdown
+    from bench.report.calibration import markdown as calibration_markdown
 
     parts += calibration_markdown(results, _md_table)
     if results.get("speed"):
@@ -728,7 +728,7 @@ def markdown(results: dict) -> str:
                 _md_table(*ratio_table_rows(results)),
             ]
     parts += deployment_markdown(results)
-    from bench.robustview import markdown as robustness_markdown
+    from bench.report.robustness import markdown as robustness_markdown
 
     parts += robustness_markdown(results)
     if results.get("plot"):
@@ -741,7 +741,7 @@ def markdown(results: dict) -> str:
             "top-1 agrees and max |Δ logits| is within the tolerance.",
             _md_table(*exports_table_rows(results)),
         ]
-        from bench.serving import serving_markdown
+        from bench.report.serving import serving_markdown
 
         parts += serving_markdown(results)
     errors = list(plots.get("errors") or []) + list(results.get("plot_errors") or [])
@@ -838,7 +838,7 @@ def comparison_matrix(comparisons: list[dict]) -> tuple[list[str], list[list[str
 
 def write_outputs(out: Path, results: dict, *, final: bool = False) -> None:
     """results.json, results.csv (+ speed.csv), report.md and report.html, each written
-    atomically; on the final write also the plots (bench.plots) that both reports embed."""
+    atomically; on the final write also the plots (bench.report.plots) that both reports embed."""
     out = Path(out)
     if final and results.get("rows"):
         results["summary"] = summarize_models(results["rows"])
@@ -846,7 +846,7 @@ def write_outputs(out: Path, results: dict, *, final: bool = False) -> None:
         results["comparisons"] = paired_comparisons(predictions)
         mark_best(results["summary"], results["comparisons"])
     if final:
-        from bench.plots import write_plots
+        from bench.report.plots import write_plots
 
         results["plots"] = write_plots(out, results)
     atomic_write_json(out / "results.json", results)
@@ -856,7 +856,7 @@ def write_outputs(out: Path, results: dict, *, final: bool = False) -> None:
         atomic_write_text(out / "speed.csv", csv_text(results["speed"], SPEED_COLUMNS))
     md = markdown(results)
     atomic_write_text(out / "report.md", md)
-    from bench.html import markdown_to_html
+    from bench.report.html import markdown_to_html
 
     atomic_write_text(out / "report.html", markdown_to_html(md, base=out))
 

@@ -1,12 +1,12 @@
 """The fastest faithful deployment: every variant timed in the same rounds and judged on images.
 
 For one model: make the INT8 (calibrated on training images only) and FP16 copies of its
-FP32 export (exports.quantize), plan the variants that can run here (bench.speed.variants;
+FP32 export (exports.quantize), plan the variants that can run here (bench.measure.variants;
 the others carry the reason), run every fidelity image through each variant and compare with
 torch eager FP32 (exports.fidelity), then time all of them in the same interleaved rounds
-(bench.speed.driver) so `speedup_vs_torch_fp32` is a ratio from the same windows.
+(bench.measure.driver) so `speedup_vs_torch_fp32` is a ratio from the same windows.
 
-INT8 is several candidate files (activation u8/s8, bench.int8choice), each a variant row;
+INT8 is several candidate files (activation u8/s8, bench.measure.int8choice), each a variant row;
 the fastest that passed fidelity becomes `ort_int8`. `recommend` then picks, per model, the
 fastest variant that passed fidelity, and the
 accuracy-latency Pareto front across all models x variants. A variant that failed
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.speed import Case, Timing, file_size_mb, run_interleaved
-from bench.speed.variants import VariantSpec, plan_variants
+from bench.measure import Case, Timing, file_size_mb, run_interleaved
+from bench.measure.variants import VariantSpec, plan_variants
 from exports.fidelity import FidelityThresholds, compare_logits
 
 LATENCY_BATCH, THROUGHPUT_BATCH = 1, 32
@@ -76,7 +76,7 @@ def measure_deployment(
 
     Every variant (INT8 candidates included) is timed at batch 1 in the same interleaved
     rounds; then, in a second interleaved window, every variant but the INT8 candidates
-    beyond the fastest two is timed at batch 32 (bench.int8choice)."""
+    beyond the fastest two is timed at batch 32 (bench.measure.int8choice)."""
     t_step = time.perf_counter()
     cands, fp16_path, unavailable = _make_copies(
         fp32_onnx, work_dir, name, groups, calibration, vnni, log
@@ -126,7 +126,7 @@ def measure_deployment(
 
 def _make_copies(fp32_onnx, work_dir, name, groups, calibration, vnni, log):
     """(INT8 candidates, FP16 file or None, why a copy is unavailable or None)."""
-    from bench.int8choice import make_candidates
+    from bench.measure.int8choice import make_candidates
     from exports.quantize import QuantizationError, convert_fp16, int8_candidates
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ def _fallbacks(model, specs, made, judged, backends, ref, *, fp32_onnx, work_dir
     """MinMax candidates that failed fidelity get a Percentile-calibrated version of the same
     settings, judged like the rest and placed after the last candidate in `specs`. Only with
     real images: without a judgement there is nothing to fall back from."""
-    from bench.int8choice import fallback_settings, make_candidates
+    from bench.measure.int8choice import fallback_settings, make_candidates
 
     wanted = [] if fidelity.not_judged else fallback_settings(made, judged)
     extra = make_candidates(fp32_onnx, work_dir, name, calibration, wanted, log)
@@ -168,10 +168,10 @@ def _fallbacks(model, specs, made, judged, backends, ref, *, fp32_onnx, work_dir
 
 
 def _choose(rows, speed_rows, cands, *, name, work_dir, fidelity, seconds, log) -> None:
-    """bench.int8choice.apply_choice, then the speed rows follow the chosen row's new name,
+    """bench.measure.int8choice.apply_choice, then the speed rows follow the chosen row's new name,
     or an `ort_int8` row says that no candidate passed."""
     from bench.cpu import isa_class
-    from bench.int8choice import apply_choice
+    from bench.measure.int8choice import apply_choice
 
     choice = apply_choice(
         rows, cands, name=name, work_dir=work_dir, isa_class=isa_class(),
@@ -183,7 +183,7 @@ def _choose(rows, speed_rows, cands, *, name, work_dir, fidelity, seconds, log) 
             if d["variant"] == f"ort_int8_{choice['chosen']}":
                 d["variant"] = "ort_int8"
         saved = work_dir / f"ort_int8_{choice['chosen']}.fidelity_logits.npy"
-        if saved.is_file():  # bench.calibrate finds a row's logits by its variant name
+        if saved.is_file():  # bench.release.calibrate finds a row's logits by its variant name
             _save_logits(work_dir / "ort_int8.fidelity_logits.npy", np.load(saved))
         return
     last = max(i for i, r in enumerate(rows) if r.get("candidate"))
@@ -201,7 +201,7 @@ def _judge(specs, name, fidelity, thresholds, backends, judged, log, ref: dict) 
         try:
             backend = spec.make()
             logits = _logits(backend, fidelity.inputs)
-            if fidelity.labels is not None:  # bench.calibrate scores the variant on these
+            if fidelity.labels is not None:  # bench.release.calibrate scores the variant on these
                 _save_logits(ref["work_dir"] / f"{spec.name}.fidelity_logits.npy", logits)
             # torch_fp32 comes first: its logits are the reference of every comparison
             # (kept in `ref`, so the fallbacks judged later compare with the same).
@@ -221,7 +221,7 @@ def _time_cases(backends, specs, judged, fidelity, *, name, image_size, rounds, 
                 seconds, log):  # fmt: skip
     """Batch 1 for every variant in interleaved rounds, then batch 32 for all but the INT8
     candidates beyond the fastest two. Returns (speed rows, {(variant, batch): row})."""
-    from bench.int8choice import batch32_candidates
+    from bench.measure.int8choice import batch32_candidates
 
     speed_rows, by_case = [], {}
 
@@ -457,7 +457,7 @@ def recommend(rows: Sequence[dict]) -> dict:
     are (latency_ms_p50, test_accuracy) of the candidates across all models x variants;
     without labels (no test accuracy) there is no front.
     """
-    from bench.speed import pareto_front
+    from bench.measure import pareto_front
 
     ok = candidates(rows)
     fastest: dict[str, dict] = {}
@@ -482,7 +482,7 @@ def recommend(rows: Sequence[dict]) -> dict:
 
 def plot_pareto(rows: Sequence[dict], path: Path) -> Path | None:
     """Test accuracy vs batch-1 latency of every passing variant (all models), front marked."""
-    from bench.speed import plot_accuracy_vs_latency
+    from bench.measure import plot_accuracy_vs_latency
 
     points = [
         {

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from bench import report
 from bench.amp import resolve_precision
 from bench.config import ConfigError, Recipe, RunOptions, to_dict
 from bench.device import pick_device
 from bench.device import utc_now as _now
-from bench.distributed import setup, teardown
 from bench.registry import build_model, resolve_models, resolve_weights
-from bench.train import Context, train_one
+from bench.report import core as report
+from bench.train.distributed import setup, teardown
+from bench.train.loop import Context, train_one
 
 SCHEMA_VERSION = 1
 
@@ -210,7 +210,7 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
     started = time.perf_counter()
     names = resolve_models(opts.models)  # unknown names fail here, before any work
     if opts.tensorboard:
-        from bench.tblog import summary_writer_class
+        from bench.train.tblog import summary_writer_class
 
         summary_writer_class()  # not installed: a clear error now, not after loading data
     seeds = opts.seed_list
@@ -223,7 +223,7 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
 
 
 def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
-    from bench import speed
+    from bench import measure as speed
     from neu.split import save_manifest
 
     if not d.is_main:
@@ -243,7 +243,7 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
     out = Path(opts.out or Path("runs") / name)
     out.mkdir(parents=True, exist_ok=True)
     if opts.tensorboard and d.is_main:  # rank 0 alone writes files
-        from bench.tblog import TensorBoardReporter
+        from bench.train.tblog import TensorBoardReporter
 
         reporter = TensorBoardReporter(reporter, out / "tensorboard")
         reporter.log(f"TensorBoard curves: tensorboard --logdir {out / 'tensorboard'}")
@@ -397,12 +397,12 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
 
     if not d.is_main:  # speed, export and the report are rank 0's, without collectives
         return results, 0
-    from bench.measure import record_checkpoint_sizes
+    from bench.measure.step import record_checkpoint_sizes
 
     record_checkpoint_sizes(results, out)  # shown in the report with or without --no-speed
     staged: dict[str, Path] = {}  # model -> ONNX file the speed step exported (see there)
     if opts.speed:
-        from bench.measure import measure_speed
+        from bench.measure.step import measure_speed
 
         t = time.perf_counter()
         results["speed"] = measure_speed(results, out, ctx, opts, reporter, staged)
@@ -411,7 +411,7 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
     if opts.robustness != "none":
         _robustness(results, out, opts, reporter, staged)
     _calibrate_and_explain(results, out, contexts, opts, reporter)
-    from bench.exporting import export_and_verify
+    from bench.release.export import export_and_verify
 
     t = time.perf_counter()
     export_and_verify(results, out, ctx, opts, reporter, contexts=contexts, staged=staged)
@@ -426,9 +426,9 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
 
 
 def _robustness(results, out, opts, reporter, staged) -> None:
-    """The corruption benchmark (bench.robuststep) on the files the speed step proved
+    """The corruption benchmark (bench.release.robustness) on the files the speed step proved
     faithful; a failure is recorded, never fatal to the results and exports."""
-    from bench.robuststep import robustness_step
+    from bench.release.robustness import robustness_step
 
     t = time.perf_counter()
     try:
@@ -443,16 +443,16 @@ def _robustness(results, out, opts, reporter, staged) -> None:
 
 
 def _calibrate_and_explain(results, out, contexts, opts, reporter) -> None:
-    """Temperature, review threshold (bench.calibrate) and Grad-CAM (bench.explain) of every
+    """Temperature, review threshold (bench.release.calibrate) and Grad-CAM (bench.release.explain) of every
     trained model; after the speed step, whose deployment variants' logits they also score."""
-    from bench.calibrate import calibrate_into
+    from bench.release.calibrate import calibrate_into
 
     if not any(r["status"] == "ok" for r in results["rows"]):
         return
     t = time.perf_counter()
     calibrate_into(results, out, contexts, opts.target_accuracy, reporter)
     if opts.explain:
-        from bench.explain import explain_into
+        from bench.release.explain import explain_into
 
         explain_into(results, out, contexts, reporter)
     results["sweep"]["calibration_seconds_actual"] = time.perf_counter() - t

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import report, speed
+from bench import measure as speed
 from bench.device import pick_device
 from bench.device import utc_now as _now
-from bench.measure import measure_model, recommend_into
+from bench.measure.step import measure_model, recommend_into
 from bench.registry import build_model, load_checkpoint, resolve_models
+from bench.report import core as report
 from exports.checkpoint import export_metadata
 
 # Without a dataset (`bench speed`) variants are calibrated and compared on seeded N(0, 1)
@@ -22,14 +23,14 @@ SYNTHETIC_FIDELITY_IMAGES = 64
 
 
 def _synthetic_calibration(n: int, image_size: int):
-    from bench.deployment import CalibrationData
+    from bench.measure.deployment import CalibrationData
 
     x = np.random.default_rng(0).standard_normal((n, 3, image_size, image_size), np.float32)
     return CalibrationData(inputs=x, seed=0, source="synthetic N(0,1) inputs (no dataset)")
 
 
 def _synthetic_fidelity(image_size: int, not_judged: str):
-    from bench.deployment import FidelityData
+    from bench.measure.deployment import FidelityData
 
     n = SYNTHETIC_FIDELITY_IMAGES
     x = np.random.default_rng(1).standard_normal((n, 3, image_size, image_size), np.float32)
@@ -43,9 +44,9 @@ def _synthetic_fidelity(image_size: int, not_judged: str):
 
 def _images(meta: dict | None, data: str | None, image_size: int, n_calibration: int, log):
     """(calibration, fidelity) for `bench speed`: a checkpoint with its dataset is calibrated
-    on its training images and judged on its test images (bench.ckptdata); random weights,
+    on its training images and judged on its test images (bench.measure.ckptdata); random weights,
     or a checkpoint without data, get synthetic inputs and rows that say "not judged"."""
-    from bench.ckptdata import checkpoint_images, resolve_data
+    from bench.measure.ckptdata import checkpoint_images, resolve_data
 
     if meta is None:
         return (

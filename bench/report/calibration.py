@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.plots import _figure, _save
+from bench.report.plots import _figure, _save
+
+
+def shipped_record(results: dict, model: str) -> dict | None:
+    """The calibration record of the row whose checkpoint a model's export ships."""
+    for r in (results.get("calibration") or {}).get("rows", []):
+        if r["model"] == model and r.get("shipped") and "error" not in r:
+            return r
+    return None
 
 
 def plot_reliability(rec: dict, model: str, path: str | Path):

@@ -3,8 +3,8 @@
 `measure_model` times and judges one model (torch eager and ONNX Runtime FP32 always, the
 deployment variants of --variants, the GPU rows on CUDA) in one interleaved window;
 `measure_speed` runs it for each model's best seed after `bench run` trains. `bench speed`
-(bench.speedcmd) calls the same `measure_model` without training; the export step that
-follows a run is bench.exporting.
+(bench.measurecmd) calls the same `measure_model` without training; the export step that
+follows a run is bench.release.export.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from bench import speed
+from bench import measure as speed
 from bench.registry import load_checkpoint
 from exports.checkpoint import export_metadata
 
@@ -69,7 +69,7 @@ def measure_speed(results: dict, out: Path, ctx, opts, reporter, staged=None) ->
 
     The checkpoint is exported to ONNX first (out/variants/<model>/<model>.onnx, where its
     INT8/FP16 copies are made) so that torch and ONNX Runtime are measured in the same
-    interleaved rounds (bench.speed.driver), minutes apart no more. staged: model -> that
+    interleaved rounds (bench.measure.driver), minutes apart no more. staged: model -> that
     file, for the export step to move into exports/ rather than export the same checkpoint
     with the same metadata a second time (a minute per large model on a CPU).
     """
@@ -178,10 +178,10 @@ def measure_model(
 def measure_variants(
     model, *, name, fp32_onnx, work_dir, image_size, device, opts, calibration, fidelity, log
 ) -> tuple[list[dict], list[dict]]:
-    """bench.deployment.measure_deployment with the run's flags and this CPU's ISA."""
+    """bench.measure.deployment.measure_deployment with the run's flags and this CPU's ISA."""
     from bench.cpu import has_bf16_hardware, has_vnni
-    from bench.deployment import measure_deployment
-    from bench.speed.variants import parse_variants
+    from bench.measure.deployment import measure_deployment
+    from bench.measure.variants import parse_variants
     from exports.fidelity import FidelityThresholds
 
     return measure_deployment(
@@ -209,7 +209,7 @@ def measure_variants(
 
 def _train_calibration(ctx, opts):
     """INT8 calibration images: a seeded, class-stratified sample of the TRAINING split."""
-    from bench.deployment import CalibrationData
+    from bench.measure.deployment import CalibrationData
     from exports.quantize import calibration_indices
 
     idx = calibration_indices(
@@ -228,7 +228,7 @@ def _train_calibration(ctx, opts):
 
 def _fidelity_images(ctx):
     """Every test image (the validation images when the split has no test part)."""
-    from bench.deployment import FidelityData
+    from bench.measure.deployment import FidelityData
 
     idx, source = ctx.test_idx, "test split"
     if len(idx) == 0:
@@ -258,14 +258,14 @@ def training_row(row: dict, ctx) -> dict:
 
 def recommend_into(results: dict, out: Path) -> None:
     """results["recommendation"] (fastest passing variant per model, Pareto) and its plot."""
-    from bench.deployment import plot_pareto, recommend
+    from bench.measure.deployment import plot_pareto, recommend
 
     rows = results.get("deployment") or []
     if not rows:
         return
     results["recommendation"] = recommend(rows)
     choices = {r["model"]: r["int8_choice"] for r in rows if r.get("int8_choice")}
-    if choices:  # the chosen INT8 settings and why, per model (bench.int8choice)
+    if choices:  # the chosen INT8 settings and why, per model (bench.measure.int8choice)
         results["int8_choice"] = choices
     try:
         if plot_pareto(rows, out / "deployment_pareto.png"):

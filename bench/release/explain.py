@@ -113,7 +113,7 @@ def explain(
 
 
 def _draw(overlay: np.ndarray, rec: dict, path: Path, temperature: float) -> None:
-    from bench.plots import _figure, _save
+    from bench.report.plots import _figure, _save
 
     fig = _figure(3.0, 3.4)
     ax = fig.add_axes((0.02, 0.02, 0.96, 0.78))
@@ -163,8 +163,9 @@ def _check_installed() -> None:
 def explain_row(results: dict, out: Path, row: dict, ctx, out_dir: Path) -> tuple[list[dict], int]:
     """The default set (misclassified + one correct per class) of one trained row, and how
     many images it misclassifies in all (the set draws at most MAX_MISCLASSIFIED of them)."""
-    from bench.calibrate import row_logits, shipped_record
     from bench.registry import load_checkpoint
+    from bench.release.calibrate import row_logits
+    from bench.report.calibration import shipped_record
 
     _check_installed()
     name = row["model"]
@@ -190,7 +191,7 @@ def explain_row(results: dict, out: Path, row: dict, ctx, out_dir: Path) -> tupl
 def explain_into(results: dict, out: Path, contexts: dict, reporter) -> None:
     """results["explanations"]: per shipped model, the records of its PNGs (paths relative
     to the run folder, as the report embeds them)."""
-    from bench.measure import best_rows
+    from bench.measure.step import best_rows
 
     out = Path(out)
     ex: dict = {"models": {}}

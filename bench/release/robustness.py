@@ -1,20 +1,20 @@
 """The robustness step of a run (bench run, and `bench robustness RUN_DIR`): which files to
-evaluate, on which images, then bench.robustness and the views."""
+evaluate, on which images, then bench.measure.robustness and the views."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench import robustness as R
-from bench import robustview as V
+from bench.measure import robustness as R
+from bench.report import robustness as V
 from neu import corrupt as C
 
-# Deployment artifacts that ONNX Runtime runs from their own file (bench.deployment names).
+# Deployment artifacts that ONNX Runtime runs from their own file (bench.measure.deployment names).
 _FILE_SUFFIX = {"onnx:int8": ".int8.onnx", "onnx:fp16": ".fp16.onnx"}
 
 
 def _best_rows(results: dict) -> dict[str, dict]:
-    # Same pick as bench.measure.best_rows (the shipped checkpoint), without importing torch.
+    # Same pick as bench.measure.step.best_rows (the shipped checkpoint), without importing torch.
     best: dict[str, dict] = {}
     for row in results.get("rows", []):
         if row["status"] != "ok":

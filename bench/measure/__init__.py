@@ -6,8 +6,8 @@ timing.py (one measured run), backends.py (what is run), driver.py (rounds and r
 maxbatch.py, size.py, environment.py, pareto.py.
 """
 
-from bench.speed.backends import Backend, OnnxRuntime, TorchEager
-from bench.speed.driver import (
+from bench.measure.backends import Backend, OnnxRuntime, TorchEager
+from bench.measure.driver import (
     Case,
     SpeedRow,
     confirmed_ort_backends,
@@ -15,11 +15,17 @@ from bench.speed.driver import (
     speed_rows_for_model,
     speedup,
 )
-from bench.speed.environment import environment
-from bench.speed.maxbatch import decay_batch_step, find_max_batch, is_oom
-from bench.speed.pareto import pareto_front, plot_accuracy_vs_latency
-from bench.speed.size import count_gflops, count_params, file_size_mb
-from bench.speed.timing import Timing, measure, measure_with_contention, summarize, throughput_img_s
+from bench.measure.environment import environment
+from bench.measure.maxbatch import decay_batch_step, find_max_batch, is_oom
+from bench.measure.pareto import pareto_front, plot_accuracy_vs_latency
+from bench.measure.size import count_gflops, count_params, file_size_mb
+from bench.measure.timing import (
+    Timing,
+    measure,
+    measure_with_contention,
+    summarize,
+    throughput_img_s,
+)
 
 __all__ = [
     "Backend",

@@ -5,7 +5,7 @@ U8S8 QDQ ResNet-50 about 3x faster than its FP32, while the S8S8 file (ORT's acc
 default) is barely faster than FP32, because MLAS's x86 kernels multiply u8 x s8 and S8S8
 costs a conversion; on an AVX2-only CPU U8S8 needs reduce_range. So every candidate of
 exports.quantize.int8_candidates is made, judged on the fidelity images and timed beside
-the other variants (bench.deployment); `choose_int8` keeps the fastest PASSING one as
+the other variants (bench.measure.deployment); `choose_int8` keeps the fastest PASSING one as
 `ort_int8` and records the settings and why in the file and in results.json. A candidate
 that failed fidelity is never chosen; when MinMax fails, a Percentile-calibrated version of
 the same settings is tried (`fallback_settings`).

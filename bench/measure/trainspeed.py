@@ -4,7 +4,7 @@ Each model trains a fixed number of steps in every variant (fp32, the `auto` pre
 bf16, ... optionally compiled) in ONE process, interleaved step by step with the order rotated
 every round, so a busy neighbour on a shared CPU slows every variant alike and the ratios stay
 meaningful even when the absolute img/s do not. The step is the training loop's own
-(bench.train.train_step: autocast, GradScaler for fp16, Adam) on a batch already in memory;
+(bench.train.loop.train_step: autocast, GradScaler for fp16, Adam) on a batch already in memory;
 all variants share one model and optimizer (speed does not depend on the weights), so memory
 is that of one model. Every row carries the CPU's instruction sets: a bf16 ratio from an AMX
 Xeon and one from an AVX2 EPYC are different facts.
@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench import speed
+from bench import measure as speed
 from bench.amp import resolve_precision
 from bench.config import ConfigError, _check
 from bench.registry import build_model, resolve_models
-from bench.train import train_step
+from bench.train.loop import train_step
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Deployment variants: one backend each, and which of them can run on this machine.
 
 A variant is a way to deploy the trained model: a runtime, a precision, a memory format.
-Each is one `Backend` (bench.speed.backends protocol), so the interleaved driver measures all
+Each is one `Backend` (bench.measure.backends protocol), so the interleaved driver measures all
 of them in the same rounds as torch eager FP32, the baseline every ratio is against:
 
 | variant                   | backend                                   | --variants |
@@ -30,10 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.speed.backends import Backend, TorchEager
-
-# --variants groups, in the order rows are shown.
-GROUPS = ("fp32", "int8", "fp16", "bf16", "compile", "openvino")
+from bench.config import GROUPS, parse_variants  # noqa: F401  (re-exported: one list of choices)
+from bench.measure.backends import Backend, TorchEager
 
 
 @dataclass
@@ -49,19 +47,6 @@ class VariantSpec:
     skipped: str | None = None
     notes: list[str] = field(default_factory=list)
     candidate: str | None = None  # INT8 candidates: the quantization settings' slug
-
-
-def parse_variants(text: str | None) -> tuple[str, ...]:
-    """'all' / None -> every group; else a comma list of GROUPS (error names the flag)."""
-    if text is None or text.strip() in ("", "all"):
-        return GROUPS
-    wanted = tuple(v.strip() for v in text.split(",") if v.strip())
-    unknown = [v for v in wanted if v not in GROUPS]
-    if unknown or not wanted:
-        raise ValueError(
-            f"--variants {text!r}: unknown {unknown}; choose from all, {', '.join(GROUPS)}"
-        )
-    return wanted
 
 
 # ------------------------------------------------------------------------------- backends
@@ -209,12 +194,12 @@ def plan_variants(
 
     int8_onnx / fp16_onnx: the copies made by exports.quantize (None when making one failed:
     `int8_unavailable` then says why). int8_candidates: (settings slug, file) of every INT8
-    candidate: each is timed as `ort_int8_<slug>` (bench.int8choice keeps the fastest passing
+    candidate: each is timed as `ort_int8_<slug>` (bench.measure.int8choice keeps the fastest passing
     one as `ort_int8`); without them `int8_onnx` is the one `ort_int8`. Factories are called
     later, one at a time, so a variant that fails to build (e.g. an OpenVINO compile error)
     fails alone.
     """
-    from bench.speed.backends import OnnxRuntime
+    from bench.measure.backends import OnnxRuntime
 
     cuda = device.type == "cuda"
     torch_kw = dict(device=device, threads=threads, image_size=image_size)

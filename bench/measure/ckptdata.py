@@ -33,7 +33,7 @@ def checkpoint_images(meta: dict, data: str | Path, origin: str, calibration_ima
     Raises ValueError naming `origin` (the flag or variable the folder came from) when the
     dataset or the re-derived split is not the checkpoint's.
     """
-    from bench.deployment import CalibrationData, FidelityData
+    from bench.measure.deployment import CalibrationData, FidelityData
     from exports.quantize import calibration_indices
     from neu.dataset import load_dataset
     from neu.image import normalize

@@ -1,7 +1,7 @@
 """Speed backends: one small class per runtime/precision, all behind the `Backend` protocol.
 
 A backend knows how to run ONE model in ONE configuration (runtime, provider, precision,
-memory format, threads). The driver (bench.speed.driver) does the rest: warm-up, timed run,
+memory format, threads). The driver (bench.measure.driver) does the rest: warm-up, timed run,
 rounds, statistics. Adding a runtime or precision (INT8, bf16, torch.compile, OpenVINO) means
 writing one subclass with:
 
@@ -191,9 +191,9 @@ class OnnxRuntime(Backend):
 
         strict: a GPU provider that falls back entirely raises. strict_providers: a GPU
         provider that cannot run every node raises too (ORT's disable_cpu_ep_fallback).
-        The node placement is counted from one profiled run (bench.speed.placement).
+        The node placement is counted from one profiled run (bench.measure.placement).
         """
-        from bench.speed.placement import profile_placement
+        from bench.measure.placement import profile_placement
         from exports.runtime import create_session
 
         threads = threads or torch.get_num_threads()

@@ -27,7 +27,7 @@ def contexts_for_run(run_dir: Path, results: dict, data: str | None = None) -> d
     import torch
 
     from bench.config import Recipe
-    from bench.train import Context
+    from bench.train.loop import Context
     from neu.dataset import load_dataset
     from neu.split import load_manifest
 
@@ -61,8 +61,8 @@ def calibrate_run(
     """Everything bench run does after speed for calibration, on an existing run folder:
     results.json `calibration` (and `explanations`), the plots, the decision metadata and
     model cards of its exports, and the reports."""
-    from bench import report
-    from bench.calibrate import calibrate_into
+    from bench.release.calibrate import calibrate_into
+    from bench.report import core as report
 
     run_dir = Path(run_dir)
     results = load_results(run_dir)
@@ -71,11 +71,11 @@ def calibrate_run(
     contexts = contexts_for_run(run_dir, results, data)
     calibrate_into(results, run_dir, contexts, target, reporter)
     if explain:
-        from bench.explain import explain_into
+        from bench.release.explain import explain_into
 
         explain_into(results, run_dir, contexts, reporter)
     if results.get("exports"):
-        from bench.card import stamp_exports
+        from bench.report.card import stamp_exports
 
         stamp_exports(results, run_dir, reporter)
     report.write_outputs(run_dir, results, final=True)
@@ -87,10 +87,10 @@ def explain_command(
 ) -> list[dict]:
     """Grad-CAM PNGs of `model`'s shipped checkpoint: for the given image files (true class
     from the run's split manifest when the file is in it), else the run's default set."""
-    from bench.calibrate import shipped_record
-    from bench.explain import explain, explain_row
-    from bench.measure import best_rows
+    from bench.measure.step import best_rows
     from bench.registry import load_checkpoint
+    from bench.release.explain import explain, explain_row
+    from bench.report.calibration import shipped_record
     from exports.runtime import collect_images
     from neu.image import load_image, normalize
 

@@ -177,7 +177,7 @@ def row_logits(row: dict, out: Path, ctx) -> dict:
 def calibrate_into(results: dict, out: Path, contexts: dict, target: float, reporter) -> None:
     """results["calibration"]: one record per trained row, one per judged variant, and the
     plots (reliability diagram per model, risk-coverage curves)."""
-    from bench.measure import best_rows
+    from bench.measure.step import best_rows
 
     out = Path(out)
     cal = {"target_accuracy": target, "n_bins": C.N_BINS, "rows": [], "variants": []}
@@ -202,7 +202,7 @@ def calibrate_into(results: dict, out: Path, contexts: dict, target: float, repo
             reporter.log(_summary_line(row["model"], rec))
     cal["variants"] = _variant_records(results, out, cal["rows"])
     results["calibration"] = cal
-    from bench.calibration_views import write_plots
+    from bench.report.calibration import write_plots
 
     write_plots(results, out)
 
@@ -252,7 +252,7 @@ def _variant_records(results: dict, out: Path, rows: list[dict]) -> list[dict]:
 
 
 def row_logits_labels(out: Path, results: dict, model: str):
-    from bench.measure import best_rows
+    from bench.measure.step import best_rows
 
     row = best_rows(results).get(model)
     path = row_folder(out, row) / LOGITS_FILE if row else None
@@ -260,11 +260,3 @@ def row_logits_labels(out: Path, results: dict, model: str):
         return None
     with np.load(path) as z:
         return z["eval_labels"]
-
-
-def shipped_record(results: dict, model: str) -> dict | None:
-    """The calibration record of the row whose checkpoint a model's export ships."""
-    for r in (results.get("calibration") or {}).get("rows", []):
-        if r["model"] == model and r.get("shipped") and "error" not in r:
-            return r
-    return None

@@ -42,7 +42,7 @@ def review_metadata(rec: dict | None) -> dict | None:
 
 def summary(results: dict, entry: dict, rec: dict | None) -> dict:
     """The card's headline figures, for the file's metadata (neu_bench.model_card)."""
-    from bench.measure import best_rows
+    from bench.measure.step import best_rows
 
     row = best_rows(results).get(entry["model"], {})
     env = results.get("environment") or {}
@@ -72,7 +72,7 @@ def summary(results: dict, entry: dict, rec: dict | None) -> dict:
 def stamp_exports(results: dict, out: Path, reporter) -> None:
     """Temperature, review threshold and card summary into each exported ONNX file (the FP32
     one and the recommended copy), and exports/<model>.card.md beside them."""
-    from bench.calibrate import shipped_record
+    from bench.report.calibration import shipped_record
     from exports.quantize import update_metadata
     from neu._io import atomic_write_text
 
@@ -207,8 +207,8 @@ def _review(rec: dict | None) -> list[str]:
 
 def card_markdown(results: dict, entry: dict, rec: dict | None) -> str:
     """The model card of one export (Mitchell et al. 2019 sections)."""
-    from bench.measure import best_rows
-    from bench.report import cpu_isa_text
+    from bench.measure.step import best_rows
+    from bench.report.core import cpu_isa_text
 
     name = entry["model"]
     row = best_rows(results).get(name, {})

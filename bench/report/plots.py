@@ -4,7 +4,7 @@ Each function draws from the results data (history.csv, metrics.json, speed rows
 one PNG atomically and returns the matplotlib Figure, so tests can inspect what was drawn
 (lines, panels, labels) rather than pixels. matplotlib is imported inside the functions and
 only its object API with the Agg canvas is used: no pyplot global state, no display needed.
-The accuracy-vs-latency Pareto plot lives with the Pareto code in bench.speed.
+The accuracy-vs-latency Pareto plot lives with the Pareto code in bench.measure.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def plot_latency_distribution(rows: list[dict], path: str | Path, *, batch_size:
     ]
     if not rows:
         raise ValueError(f"no batch-{batch_size} speed rows with latency samples to plot")
-    from bench.speed.pareto import row_label
+    from bench.measure.pareto import row_label
 
     rows = sorted(rows, key=row_label)
     fig = _figure(9, 1.4 + 0.42 * len(rows))
