@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from neu.dataset import LAYOUTS
+    from neu.layout import LAYOUTS
 
     parser = argparse.ArgumentParser(prog="python -m neu", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "download":
         return _download(args)
 
-    from neu.dataset import inspect_dataset, print_inspect
+    from neu.inspect import inspect_dataset, print_inspect
 
     report = inspect_dataset(
         args.path, layout=args.layout, exclude_bad=args.exclude_bad, image_size=args.image_size

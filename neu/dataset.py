@@ -11,7 +11,8 @@ Three steps, each usable on its own, each in its own module:
 
 Nothing is dropped silently: any problem raises DatasetError listing the files and the fix,
 unless exclude_bad=True, in which case Dataset.excluded says exactly what was left out.
-The names of all three modules stay importable from here (`from neu.dataset import scan`).
+The layout and cache names stay importable from here (`from neu.dataset import scan`); the
+inspect report is neu.inspect's own (it imports load_dataset, so this module cannot import it).
 """
 
 from __future__ import annotations
@@ -272,13 +273,3 @@ def load_dataset(
             "total_s": t_end - t0,
         },
     )
-
-
-def __getattr__(name: str):
-    # neu.inspect imports load_dataset from here, so its names are resolved lazily (PEP 562)
-    # to keep `from neu.dataset import inspect_dataset` working without an import cycle.
-    if name in ("inspect_dataset", "print_inspect"):
-        import neu.inspect
-
-        return getattr(neu.inspect, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
