@@ -8,6 +8,10 @@ images at a time, then renames it: a dataset larger than RAM is decoded without 
 held whole in memory. Loading maps the file (copy-on-write, so torch can wrap it) and reads
 pages only when a batch touches them. Decoding uses neu.image.load_image, the same function
 the deployed runtime uses.
+
+What neu.dataset uses: decode_workers and chunked_map (the thread pool), hash_file,
+cache_key, cache_paths and read_cache (look an entry up), decode_all (decode, filling the
+entry on a miss), pixel_hash.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ CACHE_VERSION = 3  # 2: .npy memory map + JSON sidecar (1: one .npz)
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
-def _workers(n_items: int) -> int:
+def decode_workers(n_items: int) -> int:
+    """Threads to hash/decode `n_items` files with ($NEU_DECODE_THREADS overrides)."""
     # Small BMPs decode in ~0.15 ms, mostly Python overhead under the GIL: on 2 cores, two
     # threads were ~2x SLOWER than one (measured on NEU-CLS). Big JPEG/PNG decodes release
     # the GIL and do gain, so use half the cores (capped), overridable via NEU_DECODE_THREADS.
@@ -43,7 +48,7 @@ def _workers(n_items: int) -> int:
     return max(1, min(n, n_items))
 
 
-def _chunked_map(fn, items: list, workers: int, chunk: int = 64) -> list:
+def chunked_map(fn, items: list, workers: int, chunk: int = 64) -> list:
     """fn over items on a thread pool, in order; chunks keep per-task overhead small."""
     chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
     if workers <= 1:
@@ -52,7 +57,8 @@ def _chunked_map(fn, items: list, workers: int, chunk: int = 64) -> list:
         return [r for part in ex.map(lambda c: [fn(x) for x in c], chunks) for r in part]
 
 
-def _hash_file(path: Path) -> str | Exception:
+def hash_file(path: Path) -> str | OSError:
+    """sha256 hex digest of the file's bytes, or the OSError that stopped reading it."""
     try:
         h = hashlib.sha256()
         with open(path, "rb") as f:
@@ -101,7 +107,9 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "neu-bench"
 
 
-def _cache_key(file_hashes: list[str], image_size: int, channels: int | None) -> str:
+def cache_key(file_hashes: list[str], image_size: int, channels: int | None) -> str:
+    """The cache entry's key: these file contents, in this order, decoded with these options
+    by this CACHE_VERSION and resize method."""
     h = hashlib.sha256(
         f"neu-bench decode cache v{CACHE_VERSION} size={image_size} channels={channels or 'auto'}"
         f" resize={RESIZE_METHOD}\n".encode()
@@ -139,7 +147,7 @@ def map_npy(path: Path) -> tuple[np.ndarray, mmap.mmap]:
     return np.frombuffer(mm, dtype=np.uint8, count=n, offset=offset).reshape(shape), mm
 
 
-def _cache_read(npy: Path, meta_path: Path, key: str, n_files: int):
+def read_cache(npy: Path, meta_path: Path, key: str, n_files: int):
     """(images memory map, meta, mmap) if the entry exists and matches these files, else None."""
     if not (npy.exists() and meta_path.exists()):
         return None
@@ -180,7 +188,7 @@ def decode_all(
     """
     # Pass 1: gray or colour, size and mode per file (headers only for gray images), so the
     # channel count and the number of rows are known before anything is written.
-    probes = _chunked_map(_probe, paths, workers)
+    probes = chunked_map(_probe, paths, workers)
     good = [i for i, p in enumerate(probes) if not isinstance(p, str)]
     c = channels or (3 if any(not probes[i][0] for i in good) else 1)
     shape = (len(good), c, image_size, image_size)
@@ -202,7 +210,7 @@ def decode_all(
         for start in range(0, len(good), chunk):
             part = good[start : start + chunk]
             k = 0
-            for i, px in zip(part, _chunked_map(decode, part, workers), strict=True):
+            for i, px in zip(part, chunked_map(decode, part, workers), strict=True):
                 if isinstance(px, str):  # the header was fine, the pixels are not
                     results[i] = {"error": px}
                     continue

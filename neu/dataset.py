@@ -29,15 +29,15 @@ import torch
 
 from neu.cache import (
     CACHE_VERSION,
-    _cache_key,
-    _cache_read,
-    _chunked_map,
-    _hash_file,
-    _workers,
+    cache_key,
     cache_paths,
+    chunked_map,
     decode_all,
+    decode_workers,
     default_cache_dir,
+    hash_file,
     pixel_hash,
+    read_cache,
 )
 from neu.download import download_command
 from neu.image import IMAGE_EXTENSIONS, RESIZE_METHOD
@@ -47,9 +47,9 @@ from neu.layout import (
     DatasetError,
     Problem,
     Scan,
-    _natural_key,
     detect_layout,
     is_companion,
+    natural_key,
     neu_class_of_file,
     neu_class_of_folder,
     scan,
@@ -152,11 +152,11 @@ def load_dataset(
             if empty
             else "point at the folder that holds the images, or pick the right --layout",
         )
-    workers = _workers(len(sc.files))
+    workers = decode_workers(len(sc.files))
     paths = [sc.root / f for f in sc.files]
 
     # 1. Hash every file's bytes: the cache key, the manifest's tamper check, the split order.
-    hashes = _chunked_map(_hash_file, paths, workers)
+    hashes = chunked_map(hash_file, paths, workers)
     readable = [i for i, h in enumerate(hashes) if isinstance(h, str)]
     for i, h in enumerate(hashes):
         if not isinstance(h, str):
@@ -165,11 +165,11 @@ def load_dataset(
 
     # 2. Decode, or read the decoded tensor from the cache.
     file_hashes = [hashes[i] for i in readable]
-    key = _cache_key(file_hashes, image_size, channels)
+    key = cache_key(file_hashes, image_size, channels)
     cache = None
     if cache_dir is not False:
         cache = cache_paths(Path(cache_dir or default_cache_dir()), key)
-    hit = _cache_read(*cache, key, len(readable)) if cache else None
+    hit = read_cache(*cache, key, len(readable)) if cache else None
     if hit is None:
         images, meta, image_map = decode_all(
             [paths[i] for i in readable], image_size, channels, workers, key=key, cache=cache
@@ -230,8 +230,8 @@ def load_dataset(
     for f, h in zip(files, ph, strict=True):
         by_hash.setdefault(h, []).append(f)
     duplicates = sorted(
-        (sorted(g, key=_natural_key) for g in by_hash.values() if len(g) > 1),
-        key=lambda g: _natural_key(g[0]),
+        (sorted(g, key=natural_key) for g in by_hash.values() if len(g) > 1),
+        key=lambda g: natural_key(g[0]),
     )
     # Used classes only: exclusions may have emptied one (an empty class is itself a problem).
     present = sorted(set(labels.tolist()))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neu.cache import _hash_file
+from neu.cache import hash_file
 from neu.image import load_image
 from neu.layout import DatasetError, Problem, scan
 
@@ -88,7 +88,7 @@ def load_heldout(
     problems, files, labels, hashes, pixels = [], [], [], [], []
     for it in chosen:
         path = Path(sc.root) / it["file"]
-        h = _hash_file(path)
+        h = hash_file(path)
         if not isinstance(h, str):
             problems.append(Problem(it["file"], f"cannot be read ({h})"))
             continue

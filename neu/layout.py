@@ -94,8 +94,9 @@ def neu_class_of_file(name: str) -> int | None:
     return _LONG_NAMES.get(prefix.lower())
 
 
-def _natural_key(s: str):
-    # "Cr_2" before "Cr_10". re.split with a group alternates text/number, so lists compare.
+def natural_key(s: str):
+    """Sort key for file names: "Cr_2" before "Cr_10"."""
+    # re.split with a group alternates text/number, so lists compare.
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
@@ -381,7 +382,7 @@ def scan(root: str | Path, *, layout: str = "auto") -> Scan:
         classes = [c for c in classes if c in {mapping[k] for _, k, _ in items}]
     index = {c: i for i, c in enumerate(classes)}
     rows = sorted(
-        ((f, index[mapping[k]], s) for f, k, s in items), key=lambda r: (r[1], _natural_key(r[0]))
+        ((f, index[mapping[k]], s) for f, k, s in items), key=lambda r: (r[1], natural_key(r[0]))
     )
     return Scan(
         root=root,

@@ -394,7 +394,7 @@ def test_cache_remembers_corrupt_files(tiny_neu, tmp_path, monkeypatch):
 def test_thread_pool_gives_the_same_result(tiny_neu, monkeypatch):
     one = load(tiny_neu, cache_dir=False)
     monkeypatch.setenv("NEU_DECODE_THREADS", "3")
-    assert neu.cache._workers(100) == 3
+    assert neu.cache.decode_workers(100) == 3
     many = load(tiny_neu, cache_dir=False)
     assert torch.equal(one.images, many.images) and one.file_hashes == many.file_hashes
 
