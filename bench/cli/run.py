@@ -21,6 +21,7 @@ from bench.device import pick_device
 from bench.device import utc_now as _now
 from bench.registry import build_model, resolve_models, resolve_weights
 from bench.report import core as report
+from bench.summary import summarize, summarize_models
 from bench.train.distributed import setup, teardown
 from bench.train.loop import Context, train_one
 
@@ -390,6 +391,7 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                 results["rows"].append(row)
+                results["summary"] = summarize_models(results["rows"])  # interim views
                 reporter.end_model(row)
                 results["sweep"]["train_seconds_actual"] = time.perf_counter() - train_started
                 if d.is_main:
@@ -397,6 +399,8 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
 
     if not d.is_main:  # speed, export and the report are rank 0's, without collectives
         return results, 0
+    # Computed once: every later step and view reads these keys.
+    results.update(summarize(out, results))
     from bench.measure.step import record_checkpoint_sizes
 
     record_checkpoint_sizes(results, out)  # shown in the report with or without --no-speed

@@ -8,7 +8,7 @@ from pathlib import Path
 from bench import measure as speed
 from bench.measure.step import best_rows, row_metadata
 from bench.registry import load_checkpoint
-from bench.report import core as report
+from bench.summary import headline_split, summarize_models
 
 
 def _batch1_latency(rows: list[dict], name: str, runtime: str = "torch") -> float | None:
@@ -27,7 +27,7 @@ def _batch1_latency(rows: list[dict], name: str, runtime: str = "torch") -> floa
 
 def select_exports(results: dict, how: str) -> tuple[list[str], str]:
     """Models to export, and why. how: best | pareto | all | none | comma list."""
-    summary = report.summarize_models(results["rows"])
+    summary = summarize_models(results["rows"])
     ok = [s["model"] for s in summary if s["accuracy_mean"] is not None]
     if how == "none" or not ok:
         return [], "none"
@@ -253,7 +253,7 @@ def export_recommended(
 
 
 def _plot(results: dict, out: Path) -> None:
-    summary = {s["model"]: s for s in report.summarize_models(results["rows"])}
+    summary = {s["model"]: s for s in summarize_models(results["rows"])}
     points = []
     for r in results["speed"]:
         if (
@@ -265,7 +265,7 @@ def _plot(results: dict, out: Path) -> None:
             points.append({**r, "val_accuracy": summary[r["model"]]["accuracy_mean"]})
     if not points:
         return
-    split = report.headline_split(results["rows"])
+    split = headline_split(results["rows"])
     what = "test accuracy" if split == "test" else "validation accuracy (picked the epoch)"
     try:
         speed.plot_accuracy_vs_latency(
