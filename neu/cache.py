@@ -164,7 +164,7 @@ def read_cache(npy: Path, meta_path: Path, key: str, n_files: int):
             return None
         return images, meta, mm
     except Exception as e:  # a broken cache is just a miss
-        warnings.warn(f"ignoring unreadable decode cache {npy}: {e}", stacklevel=3)
+        warnings.warn(f"ignoring unreadable decode cache {npy}: {e}", stacklevel=4)
         return None
 
 
@@ -246,7 +246,7 @@ def decode_all(
         meta["shape"] = [rows, *shape[1:]]
         atomic_write_json(meta_path, meta)
     except OSError as e:
-        warnings.warn(f"could not write decode cache {npy}: {e}; decoding into RAM", stacklevel=3)
+        warnings.warn(f"could not write decode cache {npy}: {e}; decoding into RAM", stacklevel=4)
         return decode_all(paths, image_size, channels, workers, key=key, cache=None, chunk=chunk)
     images, mm = map_npy(npy)
     return images, meta, mm

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -143,15 +144,7 @@ def load_dataset(
     sc = scan(root, layout=layout)
     problems = list(sc.problems)
     if not sc.files:
-        empty = not any(Path(sc.root).iterdir())
-        raise DatasetError(
-            f"no images found in {sc.root} (layout {sc.layout}; looked for "
-            f"{', '.join(sorted(IMAGE_EXTENSIONS))})",
-            problems,
-            fix=f"the folder is empty: remove it and run `{download_command(sc.root)}`"
-            if empty
-            else "point at the folder that holds the images, or pick the right --layout",
-        )
+        raise _no_images_error(sc, problems)
     workers = decode_workers(len(sc.files))
     paths = [sc.root / f for f in sc.files]
 
@@ -164,31 +157,98 @@ def load_dataset(
     t_hash = time.perf_counter()
 
     # 2. Decode, or read the decoded tensor from the cache.
-    file_hashes = [hashes[i] for i in readable]
+    decoded = _decode_or_read_cache(
+        [paths[i] for i in readable],
+        [hashes[i] for i in readable],
+        image_size=image_size,
+        channels=channels,
+        cache_dir=cache_dir,
+        workers=workers,
+    )
+    t_decode = time.perf_counter()
+
+    # 3. Per-file results -> problems; pixel duplicates; label conflicts among duplicates.
+    keep = _decoded_files(sc, readable, decoded.meta["results"], problems)
+    conflict = _label_conflicts(sc, keep, problems)
+    if problems and not exclude_bad:
+        raise DatasetError(f"{len(problems)} problem(s) in {sc.root}", problems)
+    keep = [k for p, k in enumerate(keep) if p not in conflict]
+    if not keep:
+        raise DatasetError(f"no usable images left in {sc.root}", problems)
+
+    ds = _assemble(sc, keep, hashes, decoded, problems, image_size)
+    ds.timings_s = {
+        "hash_s": t_hash - t0,
+        "cache_load_s" if decoded.from_cache else "decode_s": t_decode - t_hash,
+        "total_s": time.perf_counter() - t0,
+    }
+    return ds
+
+
+def _no_images_error(sc: Scan, problems: list[Problem]) -> DatasetError:
+    empty = not any(Path(sc.root).iterdir())
+    return DatasetError(
+        f"no images found in {sc.root} (layout {sc.layout}; looked for "
+        f"{', '.join(sorted(IMAGE_EXTENSIONS))})",
+        problems,
+        fix=f"the folder is empty: remove it and run `{download_command(sc.root)}`"
+        if empty
+        else "point at the folder that holds the images, or pick the right --layout",
+    )
+
+
+class _Decoded(NamedTuple):
+    images: np.ndarray  # uint8 (M, C, S, S), one row per file that decoded
+    meta: dict  # the cache sidecar: channels, shape, per-file results
+    image_map: object | None  # the mmap under images, None when they are in RAM
+    cache_file: Path | None
+    from_cache: bool
+
+
+def _decode_or_read_cache(
+    paths: list[Path],
+    file_hashes: list[str],
+    *,
+    image_size: int,
+    channels: int | None,
+    cache_dir: str | Path | bool | None,
+    workers: int,
+) -> _Decoded:
+    """The cache entry for these file contents if there is a valid one, else decode them (and
+    fill the entry unless cache_dir is False)."""
     key = cache_key(file_hashes, image_size, channels)
     cache = None
     if cache_dir is not False:
         cache = cache_paths(Path(cache_dir or default_cache_dir()), key)
-    hit = read_cache(*cache, key, len(readable)) if cache else None
+    hit = read_cache(*cache, key, len(paths)) if cache else None
     if hit is None:
         images, meta, image_map = decode_all(
-            [paths[i] for i in readable], image_size, channels, workers, key=key, cache=cache
+            paths, image_size, channels, workers, key=key, cache=cache
         )
     else:
         images, meta, image_map = hit
-    t_decode = time.perf_counter()
+    return _Decoded(images, meta, image_map, cache[0] if cache else None, hit is not None)
 
-    # 3. Per-file results -> problems; pixel duplicates; label conflicts among duplicates.
-    keep, errors = [], []  # keep: (scan index, row in images)
-    row = 0
-    for j, i in enumerate(readable):
-        r = meta["results"][j]
+
+def _decoded_files(
+    sc: Scan, readable: list[int], results: list[dict], problems: list[Problem]
+) -> list[tuple[int, int, dict]]:
+    """(scan index, row in the decoded images, result) per file that decoded; each file that
+    did not is added to problems."""
+    keep = []
+    for i, r in zip(readable, results, strict=True):
         if "error" in r:
             problems.append(Problem(sc.files[i], r["error"]))
-            errors.append(i)
         else:
-            keep.append((i, row, r))
-            row += 1
+            keep.append((i, len(keep), r))
+    return keep
+
+
+def _label_conflicts(
+    sc: Scan, keep: list[tuple[int, int, dict]], problems: list[Problem]
+) -> set[int]:
+    """Positions in `keep` of files whose pixels are identical but whose labels differ: each
+    is added to problems, naming the file it duplicates."""
     groups: dict[str, list[int]] = {}
     for pos, (_, _, r) in enumerate(keep):
         groups.setdefault(r["pixel_hash"], []).append(pos)
@@ -209,42 +269,25 @@ def load_dataset(
                     )
                 )
             conflict.update(members)
+    return conflict
 
-    if problems and not exclude_bad:
-        raise DatasetError(f"{len(problems)} problem(s) in {sc.root}", problems)
-    keep = [k for p, k in enumerate(keep) if p not in conflict]
-    if not keep:
-        raise DatasetError(f"no usable images left in {sc.root}", problems)
 
-    rows = np.array([k[1] for k in keep], dtype=np.int64)
-    if len(rows) != len(images) or not np.array_equal(rows, np.arange(len(images))):
-        # Only when files were excluded after decoding (conflicting duplicate labels with
-        # exclude_bad): the kept rows are copied into memory.
-        images, image_map = images[rows], None
+def _assemble(
+    sc: Scan,
+    keep: list[tuple[int, int, dict]],
+    hashes: list,
+    decoded: _Decoded,
+    problems: list[Problem],
+    image_size: int,
+) -> Dataset:
+    """The Dataset of the kept files, labelled over the classes they still use."""
+    images, image_map = _kept_rows(decoded.images, decoded.image_map, keep)
     idx = [k[0] for k in keep]
+    results = [k[2] for k in keep]
     files = [sc.files[i] for i in idx]
-    labels = np.array([sc.labels[i] for i in idx], dtype=np.int64)
+    classes, labels = _used_classes(sc.classes, [sc.labels[i] for i in idx])
     fh = [hashes[i] for i in idx]
-    ph = [k[2]["pixel_hash"] for k in keep]
-    by_hash: dict[str, list[str]] = {}
-    for f, h in zip(files, ph, strict=True):
-        by_hash.setdefault(h, []).append(f)
-    duplicates = sorted(
-        (sorted(g, key=natural_key) for g in by_hash.values() if len(g) > 1),
-        key=lambda g: natural_key(g[0]),
-    )
-    # Used classes only: exclusions may have emptied one (an empty class is itself a problem).
-    present = sorted(set(labels.tolist()))
-    classes = [sc.classes[i] for i in present]
-    if len(classes) != len(sc.classes):
-        remap = {old: new for new, old in enumerate(present)}
-        labels = np.array([remap[int(x)] for x in labels], dtype=np.int64)
-    dataset_hash = hashlib.sha256(
-        json.dumps(
-            sorted([f, classes[int(lab)], h] for f, lab, h in zip(files, labels, fh, strict=True))
-        ).encode()
-    ).hexdigest()
-    t_end = time.perf_counter()
+    ph = [r["pixel_hash"] for r in results]
     return Dataset(
         root=sc.root,
         layout=sc.layout,
@@ -252,24 +295,62 @@ def load_dataset(
         files=files,
         labels=labels,
         images=torch.from_numpy(images),
-        channels=int(meta["channels"]),
+        channels=int(decoded.meta["channels"]),
         image_size=image_size,
         pixel_hashes=ph,
         file_hashes=fh,
-        duplicates=duplicates,
+        duplicates=_duplicate_groups(files, ph),
         excluded=problems,
         ignored=sc.ignored,
         layout_split=[sc.layout_split[i] for i in idx] if sc.layout_split is not None else None,
-        dataset_hash=dataset_hash,
-        original_sizes=dict(Counter(k[2]["size"] for k in keep).most_common()),
-        modes=dict(Counter(k[2]["mode"] for k in keep).most_common()),
-        bit_depths=dict(sorted(Counter(k[2]["bit_depth"] for k in keep).items())),
-        cache_file=cache[0] if cache else None,
-        from_cache=hit is not None,
+        dataset_hash=_dataset_hash(files, classes, labels, fh),
+        original_sizes=dict(Counter(r["size"] for r in results).most_common()),
+        modes=dict(Counter(r["mode"] for r in results).most_common()),
+        bit_depths=dict(sorted(Counter(r["bit_depth"] for r in results).items())),
+        cache_file=decoded.cache_file,
+        from_cache=decoded.from_cache,
         image_map=image_map,
-        timings_s={
-            "hash_s": t_hash - t0,
-            "decode_s" if hit is None else "cache_load_s": t_decode - t_hash,
-            "total_s": t_end - t0,
-        },
     )
+
+
+def _kept_rows(images: np.ndarray, image_map, keep: list[tuple[int, int, dict]]):
+    """(images, image_map) holding only the kept files' rows."""
+    rows = np.array([k[1] for k in keep], dtype=np.int64)
+    if len(rows) != len(images) or not np.array_equal(rows, np.arange(len(images))):
+        # Only when files were excluded after decoding (conflicting duplicate labels with
+        # exclude_bad): the kept rows are copied into memory.
+        return images[rows], None
+    return images, image_map
+
+
+def _used_classes(all_classes: list[str], labels: list[int]) -> tuple[list[str], np.ndarray]:
+    """(classes, labels renumbered over them). Used classes only: exclusions may have emptied
+    one (an empty class is itself a problem)."""
+    present = sorted(set(labels))
+    classes = [all_classes[i] for i in present]
+    if len(classes) == len(all_classes):
+        return classes, np.array(labels, dtype=np.int64)
+    remap = {old: new for new, old in enumerate(present)}
+    return classes, np.array([remap[x] for x in labels], dtype=np.int64)
+
+
+def _duplicate_groups(files: list[str], pixel_hashes: list[str]) -> list[list[str]]:
+    """Groups of files with identical pixels, each and all in natural order."""
+    by_hash: dict[str, list[str]] = {}
+    for f, h in zip(files, pixel_hashes, strict=True):
+        by_hash.setdefault(h, []).append(f)
+    return sorted(
+        (sorted(g, key=natural_key) for g in by_hash.values() if len(g) > 1),
+        key=lambda g: natural_key(g[0]),
+    )
+
+
+def _dataset_hash(
+    files: list[str], classes: list[str], labels: np.ndarray, file_hashes: list[str]
+) -> str:
+    """sha256 over the sorted (file, class name, content hash) triples: the same files with
+    the same labels hash the same whatever order they were found in."""
+    triples = sorted(
+        [f, classes[int(lab)], h] for f, lab, h in zip(files, labels, file_hashes, strict=True)
+    )
+    return hashlib.sha256(json.dumps(triples).encode()).hexdigest()
