@@ -22,6 +22,7 @@ import mmap
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -195,44 +196,14 @@ def decode_all(
     results: list[dict] = [{"error": p} if isinstance(p, str) else {} for p in probes]
     # ~2 MB of decoded pixels per chunk: memory stays flat whatever the image size.
     chunk = chunk or max(1, min(256, (2 << 20) // (c * image_size * image_size)))
-
-    def decode(i: int):
-        try:
-            c_i = channels or (1 if probes[i][0] else 3)
-            return load_image(paths[i], size=image_size, channels=c_i)
-        except Exception as e:
-            return _decode_error(e)
-
-    def fill(sink) -> int:
-        """Decode chunk by chunk, handing each chunk's rows to sink; -> rows written."""
-        rows = 0
-        buf = np.empty((min(chunk, len(good)), *shape[1:]), dtype=np.uint8)
-        for start in range(0, len(good), chunk):
-            part = good[start : start + chunk]
-            k = 0
-            for i, px in zip(part, chunked_map(decode, part, workers), strict=True):
-                if isinstance(px, str):  # the header was fine, the pixels are not
-                    results[i] = {"error": px}
-                    continue
-                # Gray decoded to 1 channel, repeated: identical to load_image(channels=3) for
-                # gray pixels (Pillow's L->RGB copies the value, bilinear resize per channel).
-                buf[k] = px if px.shape[0] == c else np.repeat(px, c, axis=0)
-                _, (w, h), mode, depth = probes[i]
-                results[i] = {
-                    "size": f"{w}x{h}",
-                    "mode": mode,
-                    "bit_depth": depth,
-                    "pixel_hash": pixel_hash(buf[k]),
-                }
-                k += 1
-            sink(buf[:k], rows)
-            rows += k
-        return rows
-
+    # Pass 2: the pixels, into RAM or the cache file.
+    pixels = _ChunkedDecode(paths, probes, good, channels, c, image_size, workers, chunk, results)
     meta = {"version": CACHE_VERSION, "key": key, "channels": c, "results": results}
     if cache is None:
         images = np.empty(shape, dtype=np.uint8)
-        rows = fill(lambda part, at: images[at : at + len(part)].__setitem__(slice(None), part))
+        rows = pixels.fill(
+            lambda part, at: images[at : at + len(part)].__setitem__(slice(None), part)
+        )
         meta["shape"] = [rows, *shape[1:]]
         return images[:rows], meta, None
     npy, meta_path = cache
@@ -240,7 +211,7 @@ def decode_all(
         with atomic_path(npy) as tmp:
             with open(tmp, "wb") as f:
                 _write_npy_header(f, shape)
-                rows = fill(lambda part, at: f.write(part.tobytes()))
+                rows = pixels.fill(lambda part, at: f.write(part.tobytes()))
             if rows < len(good):  # some files failed only in pass 2: fix the row count
                 _shrink(tmp, rows)
         meta["shape"] = [rows, *shape[1:]]
@@ -250,6 +221,56 @@ def decode_all(
         return decode_all(paths, image_size, channels, workers, key=key, cache=None, chunk=chunk)
     images, mm = map_npy(npy)
     return images, meta, mm
+
+
+@dataclass
+class _ChunkedDecode:
+    """decode_all's second pass: the pixels of the files whose header probe succeeded, a chunk
+    at a time, recording each file's result (size, mode, bit depth, pixel hash, or error)."""
+
+    paths: list[Path]
+    probes: list  # _probe's answer per path
+    good: list[int]  # indices of the paths whose probe succeeded
+    channels: int | None  # as asked; None decodes each file with its own count
+    stored_channels: int
+    image_size: int
+    workers: int
+    chunk: int
+    results: list[dict]  # filled in place, one per path
+
+    def decode(self, i: int):
+        try:
+            c_i = self.channels or (1 if self.probes[i][0] else 3)
+            return load_image(self.paths[i], size=self.image_size, channels=c_i)
+        except Exception as e:
+            return _decode_error(e)
+
+    def fill(self, sink) -> int:
+        """Decode chunk by chunk, handing each chunk's rows to sink; -> rows written."""
+        c, s = self.stored_channels, self.image_size
+        rows = 0
+        buf = np.empty((min(self.chunk, len(self.good)), c, s, s), dtype=np.uint8)
+        for start in range(0, len(self.good), self.chunk):
+            part = self.good[start : start + self.chunk]
+            k = 0
+            for i, px in zip(part, chunked_map(self.decode, part, self.workers), strict=True):
+                if isinstance(px, str):  # the header was fine, the pixels are not
+                    self.results[i] = {"error": px}
+                    continue
+                # Gray decoded to 1 channel, repeated: identical to load_image(channels=3) for
+                # gray pixels (Pillow's L->RGB copies the value, bilinear resize per channel).
+                buf[k] = px if px.shape[0] == c else np.repeat(px, c, axis=0)
+                _, (w, h), mode, depth = self.probes[i]
+                self.results[i] = {
+                    "size": f"{w}x{h}",
+                    "mode": mode,
+                    "bit_depth": depth,
+                    "pixel_hash": pixel_hash(buf[k]),
+                }
+                k += 1
+            sink(buf[:k], rows)
+            rows += k
+        return rows
 
 
 def _write_npy_header(f, shape: tuple[int, ...]) -> None:
