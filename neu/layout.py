@@ -290,17 +290,7 @@ def _class_names(folder_names: list[str]) -> tuple[list[str], dict[str, str]]:
 def scan(root: str | Path, *, layout: str = "auto") -> Scan:
     """List images, classes, problems and ignored companions under `root`. Does not decode."""
     root = Path(root).expanduser()
-    if not root.exists():
-        raise DatasetError(
-            f"dataset path {root} does not exist",
-            fix=f"download NEU-CLS there with `{download_command(root)}`, or pass the folder "
-            "that holds the images (e.g. .../NEU-CLS) or set NEU_DATA",
-        )
-    if not root.is_dir():
-        raise DatasetError(
-            f"dataset path {root} is a file, not a folder",
-            fix="pass the folder that holds the images (e.g. .../NEU-CLS)",
-        )
+    _check_root(root)
     if layout != "auto" and layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose auto or one of {', '.join(LAYOUTS)}")
 
@@ -321,57 +311,98 @@ def scan(root: str | Path, *, layout: str = "auto") -> Scan:
     elif layout == "folder":
         _scan_class_folders(base, rel0, items, problems, ignored)
     elif layout == "kaggle":
-        files, dirs = _entries(base, rel0, ignored)
-        splits = [d for d in dirs if d.name.lower() in _SPLIT_DIRS]
-        if not any(d.name.lower() == "train" for d in splits):
-            raise DatasetError(
-                f"{base} is not in the Kaggle layout: no train/ folder",
-                fix="point at the folder holding train/ valid/ test/, or pick another --layout",
-            )
-        for e in files:
-            problems.append(Problem(rel0 + e.name, "file outside train/ valid/ test/"))
-        for d in dirs:
-            if d.name.lower() not in _SPLIT_DIRS:
-                problems.append(
-                    Problem(rel0 + d.name + "/", "unexpected folder next to train/ valid/ test/")
-                )
-        for d in splits:
-            _scan_class_folders(
-                Path(d.path),
-                rel0 + d.name + "/",
-                items,
-                problems,
-                ignored,
-                _SPLIT_DIRS[d.name.lower()],
-            )
+        _scan_kaggle(base, rel0, items, problems, ignored)
     elif layout == "neu-det":
-        images_dir = _find_images_dir(base)
-        if images_dir is None:
-            raise DatasetError(
-                f"{base} is not in the NEU-DET layout: no IMAGES/ or images/ folder",
-                fix="point at the NEU-DET folder (holding IMAGES/ and ANNOTATIONS/) or pick another --layout",
-            )
-        files, dirs = _entries(base, rel0, ignored)
-        for d in dirs:
-            if d.name.lower() in _ANNOTATION_DIRS:
-                ignored.append(rel0 + d.name + "/")
-            elif d.path != str(images_dir):
-                problems.append(
-                    Problem(rel0 + d.name + "/", "unexpected folder next to IMAGES/ (ignored?)")
-                )
-        for e in files:
-            problems.append(Problem(rel0 + e.name, "file outside the IMAGES/ folder"))
-        irel = rel0 + images_dir.name + "/"
-        _, idirs = _visible(images_dir)
-        if idirs and not any(
-            os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS for f in _visible(images_dir)[0]
-        ):
-            # Some NEU-DET repacks sort IMAGES/ into one folder per class.
-            _scan_class_folders(images_dir, irel, items, problems, ignored)
-        else:
-            _scan_flat(images_dir, irel, items, problems, ignored, det=True)
+        _scan_neu_det(base, rel0, items, problems, ignored)
 
-    # Class list: flat layouts already carry canonical names; folder layouts map folder names.
+    classes, rows = _labelled_rows(layout, items, problems)
+    return Scan(
+        root=root,
+        layout=layout,
+        classes=classes,
+        files=[r[0] for r in rows],
+        labels=[r[1] for r in rows],
+        layout_split=[r[2] for r in rows] if layout == "kaggle" else None,
+        problems=problems,
+        ignored=ignored,
+    )
+
+
+def _check_root(root: Path) -> None:
+    if not root.exists():
+        raise DatasetError(
+            f"dataset path {root} does not exist",
+            fix=f"download NEU-CLS there with `{download_command(root)}`, or pass the folder "
+            "that holds the images (e.g. .../NEU-CLS) or set NEU_DATA",
+        )
+    if not root.is_dir():
+        raise DatasetError(
+            f"dataset path {root} is a file, not a folder",
+            fix="pass the folder that holds the images (e.g. .../NEU-CLS)",
+        )
+
+
+def _scan_kaggle(base: Path, rel0: str, items, problems, ignored) -> None:
+    """train/ valid/ test/, each holding one folder per class; anything else is a problem."""
+    files, dirs = _entries(base, rel0, ignored)
+    splits = [d for d in dirs if d.name.lower() in _SPLIT_DIRS]
+    if not any(d.name.lower() == "train" for d in splits):
+        raise DatasetError(
+            f"{base} is not in the Kaggle layout: no train/ folder",
+            fix="point at the folder holding train/ valid/ test/, or pick another --layout",
+        )
+    for e in files:
+        problems.append(Problem(rel0 + e.name, "file outside train/ valid/ test/"))
+    for d in dirs:
+        if d.name.lower() not in _SPLIT_DIRS:
+            problems.append(
+                Problem(rel0 + d.name + "/", "unexpected folder next to train/ valid/ test/")
+            )
+    for d in splits:
+        _scan_class_folders(
+            Path(d.path),
+            rel0 + d.name + "/",
+            items,
+            problems,
+            ignored,
+            _SPLIT_DIRS[d.name.lower()],
+        )
+
+
+def _scan_neu_det(base: Path, rel0: str, items, problems, ignored) -> None:
+    """IMAGES/ (flat, or one folder per class) next to ANNOTATIONS/, which is ignored."""
+    images_dir = _find_images_dir(base)
+    if images_dir is None:
+        raise DatasetError(
+            f"{base} is not in the NEU-DET layout: no IMAGES/ or images/ folder",
+            fix="point at the NEU-DET folder (holding IMAGES/ and ANNOTATIONS/) or pick another --layout",
+        )
+    files, dirs = _entries(base, rel0, ignored)
+    for d in dirs:
+        if d.name.lower() in _ANNOTATION_DIRS:
+            ignored.append(rel0 + d.name + "/")
+        elif d.path != str(images_dir):
+            problems.append(
+                Problem(rel0 + d.name + "/", "unexpected folder next to IMAGES/ (ignored?)")
+            )
+    for e in files:
+        problems.append(Problem(rel0 + e.name, "file outside the IMAGES/ folder"))
+    irel = rel0 + images_dir.name + "/"
+    _, idirs = _visible(images_dir)
+    if idirs and not any(
+        os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS for f in _visible(images_dir)[0]
+    ):
+        # Some NEU-DET repacks sort IMAGES/ into one folder per class.
+        _scan_class_folders(images_dir, irel, items, problems, ignored)
+    else:
+        _scan_flat(images_dir, irel, items, problems, ignored, det=True)
+
+
+def _labelled_rows(
+    layout: str, items: list[tuple[str, str, str | None]], problems: list[Problem]
+) -> tuple[list[str], list[tuple[str, int, str | None]]]:
+    """(classes, (relpath, label, layout split) per image, by label then natural file order)."""
+    # Flat layouts already carry canonical names; folder layouts map folder names.
     if layout == "neu-cls" or (layout == "neu-det" and all(k in NEU_CLASSES for _, k, _ in items)):
         present = {k for _, k, _ in items}
         classes = [c for c in NEU_CLASSES if c in present]
@@ -384,16 +415,7 @@ def scan(root: str | Path, *, layout: str = "auto") -> Scan:
     rows = sorted(
         ((f, index[mapping[k]], s) for f, k, s in items), key=lambda r: (r[1], natural_key(r[0]))
     )
-    return Scan(
-        root=root,
-        layout=layout,
-        classes=classes,
-        files=[r[0] for r in rows],
-        labels=[r[1] for r in rows],
-        layout_split=[r[2] for r in rows] if layout == "kaggle" else None,
-        problems=problems,
-        ignored=ignored,
-    )
+    return classes, rows
 
 
 def _empty_class_folders(problems: list[Problem]) -> set[str]:
