@@ -193,6 +193,44 @@ def make_split(
     near-equal size, duplicates together; test is fold `fold`, test_fraction is ignored
     (recorded as 1/K) and val takes round(n * val_fraction) of the remaining images.
     """
+    test_fraction = _checked_fractions(
+        val_fraction, test_fraction, limit_per_class, use_layout_split, folds, fold
+    )
+    groups = _groups(ds)
+    if use_layout_split:
+        parts, notes = _layout_parts(ds, groups)
+        return _finish(
+            ds, seed, val_fraction, test_fraction, limit_per_class, "layout", parts, notes
+        )
+
+    key = {id(g): min(ds.file_hashes[i] for i in g) for g in groups}
+    parts: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for c in range(len(ds.classes)):
+        cg = [g for g in groups if ds.labels[g[0]] == c]
+        if limit_per_class is not None:
+            cg.sort(key=lambda g: _order_key(seed, key[id(g)], "limit:"))
+            chosen, _ = _take(cg, limit_per_class)
+            chosen_set = set(chosen)
+            cg = [g for g in cg if g[0] in chosen_set]
+        cg.sort(key=lambda g: _order_key(seed, key[id(g)]))
+        if folds > 1:
+            _deal_fold(cg, folds, fold, val_fraction, parts)
+        else:
+            _deal_fractions(cg, val_fraction, test_fraction, parts)
+    return _finish(
+        ds, seed, val_fraction, test_fraction, limit_per_class, "seeded", parts, (), folds, fold
+    )
+
+
+def _checked_fractions(
+    val_fraction: float,
+    test_fraction: float,
+    limit_per_class: int | None,
+    use_layout_split: bool,
+    folds: int,
+    fold: int | None,
+) -> float:
+    """Refuse impossible split arguments; -> the test fraction (1/K with K folds)."""
     if folds < 1 or (folds > 1 and (fold is None or not 0 <= fold < folds)):
         raise ValueError(f"need folds >= 1 and 0 <= fold < folds; got folds={folds}, fold={fold}")
     if folds > 1:
@@ -206,66 +244,65 @@ def make_split(
         )
     if limit_per_class is not None and limit_per_class < 1:
         raise ValueError(f"limit_per_class must be >= 1 or None, got {limit_per_class}")
-    groups = _groups(ds)
-    key = {id(g): min(ds.file_hashes[i] for i in g) for g in groups}
-    parts: dict[str, list[int]] = {s: [] for s in SPLITS}
+    return test_fraction
 
-    if use_layout_split:
-        if ds.layout_split is None:
-            raise ValueError(
-                f"use_layout_split=True but the {ds.layout!r} layout has no split of its own"
-                " (only the Kaggle layout train/ valid/ test/ has one)"
-            )
-        notes = []
-        for g in groups:
-            # A duplicate group that the layout spread over two splits would leak: keep it
-            # together in the split of its first file.
-            target = ds.layout_split[g[0]]
-            if len({ds.layout_split[i] for i in g}) > 1:
-                notes.append(f"moved duplicates {[ds.files[i] for i in g]} all to {target}")
-            parts[target].extend(g)
-        return _finish(
-            ds, seed, val_fraction, test_fraction, limit_per_class, "layout", parts, notes
+
+def _layout_parts(ds: Dataset, groups: list[list[int]]) -> tuple[dict[str, list[int]], list[str]]:
+    """The Kaggle layout's own train/valid/test as parts, and a note per moved group."""
+    if ds.layout_split is None:
+        raise ValueError(
+            f"use_layout_split=True but the {ds.layout!r} layout has no split of its own"
+            " (only the Kaggle layout train/ valid/ test/ has one)"
         )
+    parts: dict[str, list[int]] = {s: [] for s in SPLITS}
+    notes = []
+    for g in groups:
+        # A duplicate group that the layout spread over two splits would leak: keep it
+        # together in the split of its first file.
+        target = ds.layout_split[g[0]]
+        if len({ds.layout_split[i] for i in g}) > 1:
+            notes.append(f"moved duplicates {[ds.files[i] for i in g]} all to {target}")
+        parts[target].extend(g)
+    return parts, notes
 
-    for c in range(len(ds.classes)):
-        cg = [g for g in groups if ds.labels[g[0]] == c]
-        if limit_per_class is not None:
-            cg.sort(key=lambda g: _order_key(seed, key[id(g)], "limit:"))
-            chosen, _ = _take(cg, limit_per_class)
-            chosen_set = set(chosen)
-            cg = [g for g in cg if g[0] in chosen_set]
-        cg.sort(key=lambda g: _order_key(seed, key[id(g)]))
-        n = sum(len(g) for g in cg)
-        if folds > 1:
-            # Deal groups into folds by their running start: fold sizes differ by at most a
-            # duplicate group, and the K test sets partition the class.
-            test, rest, start = [], [], 0
-            for g in cg:
-                (test if start * folds // n == fold else rest).append(g)
-                start += len(g)
-            n_val = min(_round(n * val_fraction), sum(len(g) for g in rest) - 1)
-            val, rest = _take(rest, max(n_val, 0))
-            parts["test"].extend(i for g in test for i in g)
-            parts["val"].extend(val)
-            parts["train"].extend(i for g in rest for i in g)
-            continue
-        n_test = _round(n * test_fraction)
-        n_val = _round(n * val_fraction)
-        # Keep at least one training image per class; tiny classes give up test first.
-        while n_test + n_val > n - 1 and (n_test or n_val):
-            if n_test:
-                n_test -= 1
-            else:
-                n_val -= 1
-        test, cg = _take(cg, n_test)
-        val, cg = _take(cg, n_val)
-        parts["test"].extend(test)
-        parts["val"].extend(val)
-        parts["train"].extend(i for g in cg for i in g)
-    return _finish(
-        ds, seed, val_fraction, test_fraction, limit_per_class, "seeded", parts, (), folds, fold
-    )
+
+def _deal_fold(
+    cg: list[list[int]], folds: int, fold: int, val_fraction: float, parts: dict
+) -> None:
+    """One class's groups (seeded order) into parts: test is fold `fold` of K, val is carved
+    from the other folds, train is the rest."""
+    n = sum(len(g) for g in cg)
+    # Deal groups into folds by their running start: fold sizes differ by at most a
+    # duplicate group, and the K test sets partition the class.
+    test, rest, start = [], [], 0
+    for g in cg:
+        (test if start * folds // n == fold else rest).append(g)
+        start += len(g)
+    n_val = min(_round(n * val_fraction), sum(len(g) for g in rest) - 1)
+    val, rest = _take(rest, max(n_val, 0))
+    parts["test"].extend(i for g in test for i in g)
+    parts["val"].extend(val)
+    parts["train"].extend(i for g in rest for i in g)
+
+
+def _deal_fractions(
+    cg: list[list[int]], val_fraction: float, test_fraction: float, parts: dict
+) -> None:
+    """One class's groups (seeded order) into parts: test first, then val, train the rest."""
+    n = sum(len(g) for g in cg)
+    n_test = _round(n * test_fraction)
+    n_val = _round(n * val_fraction)
+    # Keep at least one training image per class; tiny classes give up test first.
+    while n_test + n_val > n - 1 and (n_test or n_val):
+        if n_test:
+            n_test -= 1
+        else:
+            n_val -= 1
+    test, cg = _take(cg, n_test)
+    val, cg = _take(cg, n_val)
+    parts["test"].extend(test)
+    parts["val"].extend(val)
+    parts["train"].extend(i for g in cg for i in g)
 
 
 # --- manifest ----------------------------------------------------------------------------
@@ -304,10 +341,26 @@ def load_manifest(path: str | Path, ds: Dataset) -> Split:
     """Rebuild the Split stored at `path` for `ds`, checking that every file in the manifest
     is in `ds` with the same class and the same bytes (sha256), and nothing was added."""
     path = Path(path)
-    fix = (
-        f"restore the original files, or delete {path} to make a fresh split"
-        " (the new split will not match results made with the old one)"
+    m = _read_manifest(path)
+    parts = _manifest_parts(m["items"], ds, path)
+    split = _finish(
+        ds,
+        m["seed"],
+        m["val_fraction"],
+        m["test_fraction"],
+        m["limit_per_class"],
+        "manifest",
+        parts,
+        folds=m.get("folds", 1),
+        fold=m.get("fold"),
     )
+    _check_stated(m, path, ds, split)
+    return split
+
+
+def _read_manifest(path: Path) -> dict:
+    """The manifest at `path`, refused unless it parses, has this version and its items still
+    match its split_hash."""
     try:
         m = json.loads(path.read_text())
         items = m["items"]
@@ -333,7 +386,12 @@ def load_manifest(path: str | Path, ds: Dataset) -> Split:
             f"split manifest {path} was edited: its items do not match its split_hash",
             fix=f"restore {path} from where it came from, or delete it to make a fresh split",
         )
+    return m
 
+
+def _manifest_parts(items: list[dict], ds: Dataset, path: Path) -> dict[str, list[int]]:
+    """The manifest's items as dataset indices per split; any file missing, added, changed or
+    relabelled since the manifest was made is a problem, and problems are refused."""
     index = {f: i for i, f in enumerate(ds.files)}
     problems = []
     parts: dict[str, list[int]] = {s: [] for s in SPLITS}
@@ -353,27 +411,19 @@ def load_manifest(path: str | Path, ds: Dataset) -> Split:
             )
         if it["split"] in parts:
             parts[it["split"]].append(i)
-    listed = set(files)
+    listed = {it["file"] for it in items}
     for f in ds.files:
         if f not in listed:
             problems.append(Problem(f, "in the dataset but not in the manifest (new file?)"))
     if problems:
+        fix = (
+            f"restore the original files, or delete {path} to make a fresh split"
+            " (the new split will not match results made with the old one)"
+        )
         raise DatasetError(
             f"the data in {ds.root} does not match split manifest {path}", problems, fix=fix
         )
-    split = _finish(
-        ds,
-        m["seed"],
-        m["val_fraction"],
-        m["test_fraction"],
-        m["limit_per_class"],
-        "manifest",
-        parts,
-        folds=m.get("folds", 1),
-        fold=m.get("fold"),
-    )
-    _check_stated(m, path, ds, split)
-    return split
+    return parts
 
 
 # Normalisation is counted exactly (integer histogram), so the same data give the same floats
