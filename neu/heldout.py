@@ -69,14 +69,7 @@ def load_heldout(
     classes: the model's; the folder's own classes (scanned, not decoded) must equal them.
     """
     manifest = Path(manifest)
-    try:
-        m = json.loads(manifest.read_text())
-        items = m["items"]
-    except (OSError, ValueError, KeyError) as e:
-        raise DatasetError(
-            f"cannot read the split manifest {manifest} ({e})",
-            fix="pass the split.json that `bench run` wrote next to results.json",
-        ) from None
+    m, items = _read_manifest(manifest)
     sc = scan(data, layout=layout)
     if classes is not None:
         check_classes(sc.classes, classes, str(sc.root))
@@ -85,23 +78,9 @@ def load_heldout(
     class_names = list(classes if classes is not None else m["classes"])
     split = "test" if any(it["split"] == "test" for it in items) else "val"
     chosen = [it for it in items if it["split"] == split]
-    problems, files, labels, hashes, pixels = [], [], [], [], []
-    for it in chosen:
-        path = Path(sc.root) / it["file"]
-        h = hash_file(path)
-        if not isinstance(h, str):
-            problems.append(Problem(it["file"], f"cannot be read ({h})"))
-            continue
-        if h != it["sha256"]:
-            problems.append(Problem(it["file"], "contents changed since the manifest was made"))
-            continue
-        if it["class"] not in class_names:
-            problems.append(Problem(it["file"], f"class {it['class']!r} is not the model's"))
-            continue
-        files.append(it["file"])
-        labels.append(class_names.index(it["class"]))
-        hashes.append(h)
-        pixels.append(load_image(path, size=None, channels=channels))
+    problems, files, labels, hashes, pixels = _read_items(
+        chosen, Path(sc.root), class_names, channels
+    )
     if problems:
         raise DatasetError(
             f"{len(problems)} {split} image(s) of {manifest} unusable under {sc.root}",
@@ -121,3 +100,39 @@ def load_heldout(
         manifest=manifest,
         split_hash=m.get("split_hash"),
     )
+
+
+def _read_manifest(manifest: Path) -> tuple[dict, list[dict]]:
+    """(the manifest, its items)."""
+    try:
+        m = json.loads(manifest.read_text())
+        items = m["items"]
+    except (OSError, ValueError, KeyError) as e:
+        raise DatasetError(
+            f"cannot read the split manifest {manifest} ({e})",
+            fix="pass the split.json that `bench run` wrote next to results.json",
+        ) from None
+    return m, items
+
+
+def _read_items(chosen: list[dict], root: Path, class_names: list[str], channels: int):
+    """(problems, files, labels, hashes, pixels) of the chosen manifest items: each file must
+    still hash to the manifest's sha256 and carry one of the model's classes."""
+    problems, files, labels, hashes, pixels = [], [], [], [], []
+    for it in chosen:
+        path = root / it["file"]
+        h = hash_file(path)
+        if not isinstance(h, str):
+            problems.append(Problem(it["file"], f"cannot be read ({h})"))
+            continue
+        if h != it["sha256"]:
+            problems.append(Problem(it["file"], "contents changed since the manifest was made"))
+            continue
+        if it["class"] not in class_names:
+            problems.append(Problem(it["file"], f"class {it['class']!r} is not the model's"))
+            continue
+        files.append(it["file"])
+        labels.append(class_names.index(it["class"]))
+        hashes.append(h)
+        pixels.append(load_image(path, size=None, channels=channels))
+    return problems, files, labels, hashes, pixels
