@@ -289,29 +289,9 @@ def download(
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-", dir=parent))
     done = False
     try:
-        archive, staged = tmp / "archive.zip", tmp / dest.name
+        staged = tmp / dest.name
         staged.mkdir()
-        bytes_bar, files_bar = _progress() if show_progress else (None, None)
-        console.print(f"downloading NEU-CLS from {url}", markup=False)
-        if bytes_bar:
-            with bytes_bar:
-                size = fetch(url, archive, progress=bytes_bar)
-        else:
-            size = fetch(url, archive)
-        try:
-            zf = zipfile.ZipFile(archive)
-        except zipfile.BadZipFile as e:
-            raise DownloadError(
-                f"the {size} bytes from {url} are not a zip archive ({e}); the download is "
-                "truncated or corrupted, or the URL serves something else"
-            ) from None
-        with zf:
-            if files_bar:
-                with files_bar:
-                    extract_verified(zf, staged, hashes, source=url, progress=files_bar)
-            else:
-                extract_verified(zf, staged, hashes, source=url)
-        archive.unlink()
+        _fetch_and_extract(url, tmp / "archive.zip", staged, hashes, console, show_progress)
         if dest.exists():  # appeared while we downloaded: still never clobber it
             raise FileExistsError(dest)
         os.rename(staged, dest)
@@ -323,6 +303,34 @@ def download(
                 with contextlib.suppress(OSError):
                     folder.rmdir()
     return dest
+
+
+def _fetch_and_extract(
+    url: str, archive: Path, staged: Path, hashes: dict[str, str], console, show_progress: bool
+) -> None:
+    """Fetch the zip to `archive`, extract and verify the expected files into `staged`, then
+    delete the archive."""
+    bytes_bar, files_bar = _progress() if show_progress else (None, None)
+    console.print(f"downloading NEU-CLS from {url}", markup=False)
+    if bytes_bar:
+        with bytes_bar:
+            size = fetch(url, archive, progress=bytes_bar)
+    else:
+        size = fetch(url, archive)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as e:
+        raise DownloadError(
+            f"the {size} bytes from {url} are not a zip archive ({e}); the download is "
+            "truncated or corrupted, or the URL serves something else"
+        ) from None
+    with zf:
+        if files_bar:
+            with files_bar:
+                extract_verified(zf, staged, hashes, source=url, progress=files_bar)
+        else:
+            extract_verified(zf, staged, hashes, source=url)
+    archive.unlink()
 
 
 def existing_status(dest: Path, hashes: dict[str, str] | None = None) -> tuple[int, int]:
