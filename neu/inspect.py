@@ -63,58 +63,72 @@ def inspect_dataset(
 def print_inspect(report: dict) -> None:
     """Rich tables for an inspect report; problems go to stderr."""
     from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
 
     out, err = Console(), Console(stderr=True)
     out.print(f"[bold]{report['root']}[/bold]  layout: [cyan]{report['layout']}[/cyan]")
     if report.get("classes"):
-        t = Table(title=f"{report['num_images']} images, {len(report['classes'])} classes")
-        t.add_column("#", justify="right")
-        t.add_column("class")
-        t.add_column("images", justify="right")
-        for i, (c, n) in enumerate(report["classes"].items()):
-            t.add_row(str(i), c, str(n))
-        out.print(t)
-        sizes = ", ".join(f"{k} x{v}" for k, v in report["sizes"].items())
-        modes = ", ".join(f"{k} x{v}" for k, v in report["modes"].items())
-        out.print(f"original sizes: {sizes}")
-        out.print(f"modes: {modes}  -> stored as {report['channels']} channel(s)")
-        depths = ", ".join(f"{k}-bit x{v}" for k, v in report.get("bit_depths", {}).items())
-        out.print(f"bit depths: {depths}")
-        if report.get("mixed_bit_depths"):
-            out.print(
-                "[yellow]mixed bit depths[/yellow]: each file is scaled to 8 bits by its own "
-                "declared depth (value >> (depth - 8)); check that deeper files really use "
-                "their full range"
-            )
-        if "layout_split" in report:
-            out.print(f"layout's own split: {report['layout_split']}")
-        out.print(f"duplicates (identical pixels, kept in one split): {len(report['duplicates'])}")
-        for g in report["duplicates"]:
-            out.print("  " + " = ".join(g))
-        out.print(f"dataset_hash: {report['dataset_hash']}")
+        _print_contents(out, report)
     if report["ignored"]:
         out.print(f"ignored companion files: {', '.join(report['ignored'])}")
-
-    def problem_table(title: str, items: list[dict]) -> Table:
-        t = Table(title=title)
-        t.add_column("file")
-        t.add_column("problem")
-        for p in items:
-            t.add_row(p["file"], p["problem"])
-        return t
-
     if report["excluded"]:
         out.print(
-            problem_table(
+            _problem_table(
                 f"excluded ({len(report['excluded'])}, --exclude-bad)", report["excluded"]
             )
         )
     if report["problems"]:
         err.print(
-            problem_table(f"[red]problems ({len(report['problems'])})[/red]", report["problems"])
+            _problem_table(f"[red]problems ({len(report['problems'])})[/red]", report["problems"])
         )
+    _print_verdict(out, err, report)
+
+
+def _print_contents(out, report: dict) -> None:
+    """Classes and counts, sizes, modes, bit depths, duplicates and the dataset hash."""
+    from rich.table import Table
+
+    t = Table(title=f"{report['num_images']} images, {len(report['classes'])} classes")
+    t.add_column("#", justify="right")
+    t.add_column("class")
+    t.add_column("images", justify="right")
+    for i, (c, n) in enumerate(report["classes"].items()):
+        t.add_row(str(i), c, str(n))
+    out.print(t)
+    sizes = ", ".join(f"{k} x{v}" for k, v in report["sizes"].items())
+    modes = ", ".join(f"{k} x{v}" for k, v in report["modes"].items())
+    out.print(f"original sizes: {sizes}")
+    out.print(f"modes: {modes}  -> stored as {report['channels']} channel(s)")
+    depths = ", ".join(f"{k}-bit x{v}" for k, v in report.get("bit_depths", {}).items())
+    out.print(f"bit depths: {depths}")
+    if report.get("mixed_bit_depths"):
+        out.print(
+            "[yellow]mixed bit depths[/yellow]: each file is scaled to 8 bits by its own "
+            "declared depth (value >> (depth - 8)); check that deeper files really use "
+            "their full range"
+        )
+    if "layout_split" in report:
+        out.print(f"layout's own split: {report['layout_split']}")
+    out.print(f"duplicates (identical pixels, kept in one split): {len(report['duplicates'])}")
+    for g in report["duplicates"]:
+        out.print("  " + " = ".join(g))
+    out.print(f"dataset_hash: {report['dataset_hash']}")
+
+
+def _problem_table(title: str, items: list[dict]):
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("file")
+    t.add_column("problem")
+    for p in items:
+        t.add_row(p["file"], p["problem"])
+    return t
+
+
+def _print_verdict(out, err, report: dict) -> None:
+    """Usable (stdout), or why not and the fix (stderr)."""
+    from rich.text import Text
+
     if not report["usable"]:
         if report["problems"] and report["num_images"]:
             err.print(f"[red]not usable[/red] as is. Fix: {FIX}.", soft_wrap=True)
