@@ -150,10 +150,7 @@ def load_dataset(
 
     # 1. Hash every file's bytes: the cache key, the manifest's tamper check, the split order.
     hashes = chunked_map(hash_file, paths, workers)
-    readable = [i for i, h in enumerate(hashes) if isinstance(h, str)]
-    for i, h in enumerate(hashes):
-        if not isinstance(h, str):
-            problems.append(Problem(sc.files[i], f"cannot be read ({h})"))
+    readable = _readable(sc, hashes, problems)
     t_hash = time.perf_counter()
 
     # 2. Decode, or read the decoded tensor from the cache.
@@ -195,6 +192,14 @@ def _no_images_error(sc: Scan, problems: list[Problem]) -> DatasetError:
         if empty
         else "point at the folder that holds the images, or pick the right --layout",
     )
+
+
+def _readable(sc: Scan, hashes: list, problems: list[Problem]) -> list[int]:
+    """Indices of the files whose bytes could be hashed; each other one is a problem."""
+    for i, h in enumerate(hashes):
+        if not isinstance(h, str):
+            problems.append(Problem(sc.files[i], f"cannot be read ({h})"))
+    return [i for i, h in enumerate(hashes) if isinstance(h, str)]
 
 
 class _Decoded(NamedTuple):
