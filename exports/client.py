@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from exports.runtime import OUTPUT_NAME, softmax
+from exports.contract import OUTPUT_NAME
+from exports.runtime import softmax
 from neu.image import load_image
 
 INSTALL = "pip install 'neu-bench[serve]' (or: pip install 'tritonclient[http]')"

@@ -24,14 +24,17 @@ from pathlib import Path
 
 import torch
 
-from exports.runtime import (
+from exports.contract import (
     FORMAT_VERSION,
     INPUT_LAYOUT,
     INPUT_NAME,
     INPUT_RANGE,
     METADATA_PREFIX,
     OUTPUT_NAME,
+    Signature,
     parse_metadata,
+    proto_ports,
+    signature_problems,
 )
 from neu._io import atomic_path
 from neu.image import RESIZE_METHOD
@@ -127,7 +130,6 @@ def export_onnx(
     Raises ExportError (export failed, graph checks failed, or > 2 GB of weights).
     """
     import onnx
-    from onnx.external_data_helper import uses_external_data
 
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")
@@ -137,17 +139,8 @@ def export_onnx(
         raise ValueError(
             f"image_size={image_size} but the metadata says {info.image_size}: pass the same size"
         )
-
     tensors = list(model.parameters()) + list(model.buffers())
-    weight_bytes = sum(t.numel() * 4 for t in tensors if t.is_floating_point())
-    if weight_bytes > MAX_INLINE_BYTES:
-        raise ExportError(
-            f"{info.model} has {weight_bytes / 2**30:.2f} GiB of float32 weights: a single "
-            f"self-contained .onnx is limited to 2 GiB by protobuf, so this model would need "
-            f"its weights in a separate external-data file, which neu-bench does not produce "
-            f"(one file is the deployment contract). Export a smaller model."
-        )
-
+    _check_inline_size(tensors, info.model)
     on_cpu_fp32 = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
     net = model if on_cpu_fp32 else copy.deepcopy(model).to("cpu", torch.float32)
     was_training = net.training
@@ -158,8 +151,33 @@ def export_onnx(
         proto = _export_proto(net, example, exporter=exporter, opset=opset, name=info.model)
     finally:
         net.train(was_training)
+    _finish_proto(proto, info, metadata, exporter=exporter, path=path)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp), format="protobuf")
+    return path
 
-    _check_signature(proto, info, source=f"{info.model} ({exporter} exporter)")
+
+def _check_inline_size(tensors, name: str) -> None:
+    """One self-contained file or none: protobuf caps a message at 2 GiB."""
+    weight_bytes = sum(t.numel() * 4 for t in tensors if t.is_floating_point())
+    if weight_bytes > MAX_INLINE_BYTES:
+        raise ExportError(
+            f"{name} has {weight_bytes / 2**30:.2f} GiB of float32 weights: a single "
+            f"self-contained .onnx is limited to 2 GiB by protobuf, so this model would need "
+            f"its weights in a separate external-data file, which neu-bench does not produce "
+            f"(one file is the deployment contract). Export a smaller model."
+        )
+
+
+def _finish_proto(proto, info, metadata: dict[str, str], *, exporter: str, path: Path) -> None:
+    """Check the exported graph against the contract, then stamp our metadata on it."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    source = f"{info.model} ({exporter} exporter)"
+    problems = signature_problems(*proto_ports(proto), Signature.of(info, strict=True))
+    if problems:
+        raise ExportError(f"{source}: " + "; ".join(problems))
     if any(uses_external_data(t) for t in proto.graph.initializer):
         raise ExportError(f"the {exporter} exporter produced external-data weights for {path}")
     # Keep any metadata the exporter wrote, replace ours.
@@ -172,10 +190,6 @@ def export_onnx(
         raise ExportError(
             f"onnx.checker rejected the {exporter} export of {info.model}: {e}"
         ) from e
-
-    with atomic_path(path) as tmp:
-        onnx.save_model(proto, str(tmp), format="protobuf")
-    return path
 
 
 def _export_proto(model, example: torch.Tensor, *, exporter: str, opset: int | None, name: str):
@@ -232,28 +246,3 @@ def _export_proto(model, example: torch.Tensor, *, exporter: str, opset: int | N
             + (f"\nexporter output:\n{tail}" if tail else "")
             + f"\ntry exporter={other!r}"
         ) from e
-
-
-def _check_signature(proto, info, *, source: str) -> None:
-    """input "input" (batch, 3, S, S) with a symbolic batch, output "logits" (batch, K)."""
-    graph = proto.graph
-    initializers = {t.name for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initializers]
-    names = ([i.name for i in inputs], [o.name for o in graph.output])
-    if names != ([INPUT_NAME], [OUTPUT_NAME]):
-        raise ExportError(f"{source}: graph I/O is {names[0]} -> {names[1]}")
-
-    def dims(value):
-        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
-
-    s = info.image_size
-    shape_in, shape_out = dims(inputs[0]), dims(graph.output[0])
-    if len(shape_in) != 4 or not isinstance(shape_in[0], str) or shape_in[1:] != [3, s, s]:
-        raise ExportError(f"{source}: input shape {shape_in}, expected [batch, 3, {s}, {s}]")
-    if len(shape_out) != 2 or not isinstance(shape_out[0], str):
-        raise ExportError(f"{source}: output shape {shape_out}, expected [batch, num_classes]")
-    if shape_out[1] != info.num_classes:
-        raise ExportError(
-            f"{source}: the model has {shape_out[1]} outputs but the metadata lists "
-            f"{info.num_classes} classes"
-        )

@@ -5,8 +5,9 @@ on the same preprocessed inputs, at batch 1 and at a larger batch (so the dynami
 axis is exercised, including a smaller last chunk), and checks, in this order:
 
 1. names: the graph has input "input" and output "logits";
-2. shapes: input (batch, 3, H, W) with a symbolic batch and H, W of the inputs; the output
-   is (b, num_classes) for every batch size b actually run;
+2. shapes: declared input float32 (batch, 3, H, W) with a symbolic batch and H, W of the
+   inputs, output float32 (batch, K) (exports.contract.signature_problems, the check export
+   and the runtime apply too); the output is (b, num_classes) for every batch size b run;
 3. values: every |onnx - torch| logit difference is <= atol + rtol * (that image's largest
    |torch logit|), and the top-1 class is the same for every image at every batch size.
 
@@ -35,8 +36,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from exports.contract import (
+    METADATA_PREFIX,
+    OUTPUT_NAME,
+    Signature,
+    session_ports,
+    signature_problems,
+)
 from exports.fidelity import DEFAULT_ATOL, DEFAULT_RTOL
-from exports.runtime import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, create_session
+from exports.runtime import create_session
 
 
 @dataclass
@@ -108,6 +116,48 @@ def check_parity(
     when a GPU provider was asked for and ORT would fall back to CPU.
     """
     onnx_path = Path(onnx_path)
+    x, y, batch_sizes = _check_arguments(inputs, labels, batch_sizes)
+    # CUDA: TF32 would make ORT's own rounding the dominant difference (see module doc).
+    options = {"use_tf32": "0"} if provider == "cuda" else None
+    session, actual = create_session(
+        onnx_path, provider=provider, threads=threads, strict=True, provider_options=options
+    )
+    meta = session.get_modelmeta().custom_metadata_map
+    name = meta.get(METADATA_PREFIX + "model") or type(model).__name__
+
+    # 1. names and 2. declared shapes: the contract, with H x W of the inputs given
+    declared = Signature(input_dims=(3, x.shape[2], x.shape[3]))
+    failures = signature_problems(*session_ports(session), declared)
+    # torch reference, computed once (eval-mode CNNs are batch-independent)
+    reference = _torch_logits(model, x, batch=max(batch_sizes))
+    # 3. values, at each batch size over every image
+    feed_name = session.get_inputs()[0].name
+    runs = {}
+    for b in batch_sizes:
+        logits, failure = _onnx_logits(session, feed_name, x, b, reference.shape[1])
+        if failure:
+            failures.append(failure)
+        else:
+            runs[b] = logits
+    values = _compare_values(reference, runs, y, atol=atol, rtol=rtol)
+    failures += values.pop("failures")
+    return ParityReport(
+        model=name,
+        path=str(onnx_path),
+        provider=actual,
+        batch_sizes=batch_sizes,
+        n_images=len(x),
+        torch_accuracy=None if y is None else float((reference.argmax(1) == y).mean()),
+        atol=atol,
+        rtol=rtol,
+        passed=not failures,
+        failures=failures,
+        **values,
+    )
+
+
+def _check_arguments(inputs, labels, batch_sizes):
+    """(x float32 CPU tensor, y int64 array or None, sorted distinct batch sizes)."""
     x = torch.as_tensor(inputs).detach().to("cpu", torch.float32).contiguous()
     if x.ndim != 4 or x.shape[1] != 3 or len(x) == 0:
         raise ValueError(f"inputs must be a non-empty (N, 3, H, W) tensor, got {tuple(x.shape)}")
@@ -117,110 +167,74 @@ def check_parity(
     batch_sizes = sorted({int(b) for b in batch_sizes})
     if not batch_sizes or batch_sizes[0] < 1:
         raise ValueError(f"batch_sizes must be positive, got {batch_sizes}")
+    return x, y, batch_sizes
 
-    # CUDA: TF32 would make ORT's own rounding the dominant difference (see module doc).
-    options = {"use_tf32": "0"} if provider == "cuda" else None
-    session, actual = create_session(
-        onnx_path, provider=provider, threads=threads, strict=True, provider_options=options
-    )
-    meta = session.get_modelmeta().custom_metadata_map
-    name = meta.get(METADATA_PREFIX + "model") or type(model).__name__
-    failures: list[str] = []
 
-    # 1. names
-    in_names = [i.name for i in session.get_inputs()]
-    out_names = [o.name for o in session.get_outputs()]
-    if in_names != [INPUT_NAME]:
-        failures.append(f"graph inputs are {in_names}, expected [{INPUT_NAME!r}]")
-    if out_names != [OUTPUT_NAME]:
-        failures.append(f"graph outputs are {out_names}, expected [{OUTPUT_NAME!r}]")
-    feed_name = in_names[0]
-
-    # 2. declared shapes
-    declared = list(session.get_inputs()[0].shape)
-    want = [3, x.shape[2], x.shape[3]]
-    if len(declared) != 4 or declared[1:] != want:
-        failures.append(
-            f"graph input shape {declared}, expected [batch, {want[0]}, {want[1]}, {want[2]}]"
-        )
-    elif isinstance(declared[0], int):
-        failures.append(f"graph input batch axis is fixed to {declared[0]}, expected dynamic")
-
-    # torch reference, computed once (eval-mode CNNs are batch-independent)
-    torch_logits = _torch_logits(model, x, batch=max(batch_sizes))
-    num_classes = torch_logits.shape[1]
-    torch_top1 = torch_logits.argmax(1)
-
-    # 3. values, at each batch size over every image
-    disagree = np.zeros(len(x), dtype=bool)
-    diff_by_batch: dict[int, float] = {}
-    # Per image: atol plus rtol times its largest |logit| (float32 error scales with the values).
-    allowed = atol + rtol * np.abs(torch_logits).max(axis=1, keepdims=True)
-    excess_by_batch: dict[int, float] = {}  # worst diff / allowed; > 1 fails
-    onnx_accuracies: list[float] = []
-    for b in batch_sizes:
-        chunks, bad_shape = [], None
-        for i in range(0, len(x), b):
-            feed = x[i : i + b].numpy()
-            try:
-                out = session.run(None, {feed_name: feed})[0]
-            except Exception as e:  # an ORT failure at one batch size is a failure, not a crash
-                bad_shape = f"batch {b}: ONNX Runtime failed on a batch of {len(feed)}: {e}"
-                break
-            if out.shape != (len(feed), num_classes):
-                bad_shape = (
-                    f"batch {b}: output shape {tuple(out.shape)} for a batch of {len(feed)}, "
-                    f"expected ({len(feed)}, {num_classes})"
-                )
-                break
-            chunks.append(out)
-        if bad_shape:
-            failures.append(bad_shape)
-            continue
-        onnx_logits = np.concatenate(chunks).astype(np.float32)
-        if not np.isfinite(onnx_logits).all():
-            failures.append(f"batch {b}: ONNX logits contain NaN/inf")
-        diff = np.abs(onnx_logits - torch_logits)
-        diff_by_batch[b] = float(diff.max())
-        excess_by_batch[b] = float((diff / allowed).max())
-        top1 = onnx_logits.argmax(1)
-        disagree |= top1 != torch_top1
-        if y is not None:
-            onnx_accuracies.append(float((top1 == y).mean()))
-
-    max_abs = max(diff_by_batch.values()) if diff_by_batch else float("nan")
-    scale = float(np.abs(torch_logits).max())
-    max_rel = max_abs / scale if scale > 0 else max_abs
-    for b, d in diff_by_batch.items():
-        if not excess_by_batch[b] <= 1:  # also catches NaN
-            failures.append(
-                f"batch {b}: {OUTPUT_NAME} max_abs_diff {d:.3g} exceeds atol {atol:g} + "
-                f"rtol {rtol:g} x |logit| ({excess_by_batch[b]:.3g}x the allowed difference)"
+def _onnx_logits(session, feed_name: str, x: torch.Tensor, b: int, num_classes: int):
+    """(logits of every image run `b` at a time, None), or (None, why) when a batch fails or
+    comes back in the wrong shape: a failure at one batch size is reported, not raised."""
+    chunks = []
+    for i in range(0, len(x), b):
+        feed = x[i : i + b].numpy()
+        try:
+            out = session.run(None, {feed_name: feed})[0]
+        except Exception as e:  # an ORT failure at one batch size is a failure, not a crash
+            return None, f"batch {b}: ONNX Runtime failed on a batch of {len(feed)}: {e}"
+        if out.shape != (len(feed), num_classes):
+            return None, (
+                f"batch {b}: output shape {tuple(out.shape)} for a batch of {len(feed)}, "
+                f"expected ({len(feed)}, {num_classes})"
             )
-    n_disagree = int(disagree.sum())
-    if n_disagree:
-        first = ", ".join(str(i) for i in np.flatnonzero(disagree)[:10])
-        failures.append(
-            f"top-1 class differs from torch on {n_disagree}/{len(x)} images "
-            f"(indices {first}{', ...' if n_disagree > 10 else ''})"
-        )
-    return ParityReport(
-        model=name,
-        path=str(onnx_path),
-        provider=actual,
-        batch_sizes=batch_sizes,
-        n_images=len(x),
-        max_abs_diff=max_abs,
-        max_rel_diff=max_rel,
-        top1_disagreements=n_disagree,
-        torch_accuracy=None if y is None else float((torch_top1 == y).mean()),
-        onnx_accuracy=min(onnx_accuracies) if onnx_accuracies else None,
-        atol=atol,
-        rtol=rtol,
-        passed=not failures,
-        failures=failures,
-        max_abs_diff_by_batch=diff_by_batch,
-    )
+        chunks.append(out)
+    return np.concatenate(chunks).astype(np.float32), None
+
+
+def _compare_values(reference: np.ndarray, runs: dict, y, *, atol: float, rtol: float) -> dict:
+    """The value figures of ParityReport and their failures, from the torch `reference`
+    logits and the ONNX logits of each batch size that ran."""
+    failures: list[str] = []
+    # Per image: atol plus rtol times its largest |logit| (float32 error scales with the values).
+    allowed = atol + rtol * np.abs(reference).max(axis=1, keepdims=True)
+    disagree = np.zeros(len(reference), dtype=bool)
+    diff_by_batch: dict[int, float] = {}
+    accuracies: list[float] = []
+    for b, logits in runs.items():
+        if not np.isfinite(logits).all():
+            failures.append(f"batch {b}: ONNX logits contain NaN/inf")
+        diff = np.abs(logits - reference)
+        diff_by_batch[b] = float(diff.max())
+        excess = float((diff / allowed).max())  # worst diff / allowed; > 1 fails
+        if not excess <= 1:  # also catches NaN
+            failures.append(
+                f"batch {b}: {OUTPUT_NAME} max_abs_diff {diff_by_batch[b]:.3g} exceeds atol "
+                f"{atol:g} + rtol {rtol:g} x |logit| ({excess:.3g}x the allowed difference)"
+            )
+        top1 = logits.argmax(1)
+        disagree |= top1 != reference.argmax(1)
+        if y is not None:
+            accuracies.append(float((top1 == y).mean()))
+    max_abs = max(diff_by_batch.values()) if diff_by_batch else float("nan")
+    scale = float(np.abs(reference).max())
+    failures += _top1_failures(disagree)
+    return {
+        "max_abs_diff": max_abs,
+        "max_rel_diff": max_abs / scale if scale > 0 else max_abs,
+        "top1_disagreements": int(disagree.sum()),
+        "onnx_accuracy": min(accuracies) if accuracies else None,
+        "max_abs_diff_by_batch": diff_by_batch,
+        "failures": failures,
+    }
+
+
+def _top1_failures(disagree: np.ndarray) -> list[str]:
+    n = int(disagree.sum())
+    if not n:
+        return []
+    first = ", ".join(str(i) for i in np.flatnonzero(disagree)[:10])
+    return [
+        f"top-1 class differs from torch on {n}/{len(disagree)} images "
+        f"(indices {first}{', ...' if n > 10 else ''})"
+    ]
 
 
 def _torch_logits(model: torch.nn.Module, x: torch.Tensor, *, batch: int) -> np.ndarray:

@@ -25,18 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
-from exports.fidelity import DEFAULT_ATOL, DEFAULT_RTOL
-from exports.runtime import (
+from exports.contract import (
     INPUT_NAME,
     METADATA_PREFIX,
     OUTPUT_NAME,
+    PROVIDERS,
     RAW_INPUT_LAYOUTS,
     RAW_INPUT_NAME,
     RAW_INPUT_RANGE,
     ModelFormatError,
     parse_metadata,
-    raw_feed,
 )
+from exports.fidelity import DEFAULT_ATOL, DEFAULT_RTOL
+from exports.runtime import raw_feed
 from neu._io import atomic_path
 from neu.image import normalize
 
@@ -223,7 +224,7 @@ def embed_preprocessing(
         pixels, source = synthetic_pixels(info), "synthetic (32 seeded uint8 noise images)"
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    cpu = ["CPUExecutionProvider"]
+    cpu = list(PROVIDERS["cpu"])
     figures = check_raw_parity(
         ort.InferenceSession(str(src), opts, providers=cpu),
         ort.InferenceSession(merged.SerializeToString(), opts, providers=cpu),

@@ -25,7 +25,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exports.runtime import METADATA_PREFIX, parse_metadata
+from exports.contract import (
+    INPUT_NAME,
+    METADATA_PREFIX,
+    PROVIDERS,
+    RAW_INPUT_NAME,
+    parse_metadata,
+)
 from neu._io import atomic_write_text
 
 CONFIG = "config.pbtxt"
@@ -131,11 +137,9 @@ def measure_serving(path: Path, info, *, gpu: bool, iters: int = 20) -> Serving:
     import numpy as np
     import onnxruntime as ort
 
-    from exports.runtime import INPUT_NAME, RAW_INPUT_NAME
-
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), opts, providers=list(PROVIDERS["cpu"]))
     shape = [1, *info.input_shape[1:]]
     x = np.zeros(shape, np.uint8 if info.raw_pixels else np.float32)
     feed = {RAW_INPUT_NAME if info.raw_pixels else INPUT_NAME: x}

@@ -4,98 +4,46 @@ This is the deployment side. It needs onnxruntime, numpy and pillow only, and mu
 working where torch is not installed (tests/test_runtime.py runs it with `import torch`
 made to fail). Everything a deployment needs to preprocess an image - size, channels,
 mean/std, resize method, class names - is read from the "neu_bench.*" metadata stored in
-the .onnx file itself, so the file is the whole contract.
+the .onnx file itself, so the file is the whole contract (exports.contract spells it out).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from exports.calibration import decide
-from neu.image import IMAGE_EXTENSIONS, RESIZE_METHOD, decode_image, normalize
-
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-METADATA_PREFIX = "neu_bench."
-FORMAT_VERSION = "1"
-INPUT_LAYOUT = "NCHW"
-INPUT_RANGE = "float32 (pixel/255 - mean)/std"
-# Raw-pixel files (exports.rawpixel): the camera's uint8 pixels at the model's size go in,
-# scaling, grey-to-3-channel repeat and mean/std run inside the graph; resize stays outside.
-# "neu_bench.input_kind" says which kind a file is (absent in plain files: "normalized").
-INPUT_KINDS = ("normalized", "raw")
-RAW_INPUT_NAME = "pixels"
-RAW_INPUT_LAYOUTS = {1: "NHW", 3: "NHWC"}
-RAW_INPUT_RANGE = "uint8 0..255 pixels as decoded (L or RGB), already resized to S x S"
-
-# Keys without which an image cannot be preprocessed and labelled: a file lacking any of them
-# was not exported by neu-bench (or was stripped) and is refused.
-REQUIRED_KEYS = (
-    "format_version",
-    "model",
-    "classes",
-    "num_classes",
-    "image_size",
-    "channels",
-    "mean",
-    "std",
-    "input_layout",
-    "resize",
+from exports.contract import (  # noqa: F401  (re-exported: importers use exports.runtime)
+    DECISION_KEYS,
+    FIX,
+    FORMAT_VERSION,
+    INPUT_KINDS,
+    INPUT_LAYOUT,
+    INPUT_NAME,
+    INPUT_RANGE,
+    METADATA_PREFIX,
+    OUTPUT_NAME,
+    OWN_FIGURE_KEYS,
+    PRECISIONS,
+    PROVENANCE_KEYS,
+    PROVIDERS,
+    RAW_INPUT_LAYOUTS,
+    RAW_INPUT_NAME,
+    RAW_INPUT_RANGE,
+    REQUIRED_KEYS,
+    ModelFormatError,
+    ModelInfo,
+    Signature,
+    parse_metadata,
+    provider_short_name,
+    session_ports,
+    signature_problems,
 )
-# Provenance keys: written by every export, needed by `verify`, not by `predict`.
-PROVENANCE_KEYS = (
-    "input_range",
-    "val_accuracy",
-    "test_accuracy",
-    "test_images",
-    "dataset_hash",
-    "split_hash",
-    "split",
-    "weights",
-    "torch_version",
-    "torchvision_version",
-    "export_date",
-    "precision",
-)
-# What the file itself achieved, stamped by `bench run` after judging it (absent in files
-# exported by hand): "fidelity" (JSON: its own test accuracy, agreement, passed, rule...) and
-# "rejected" (why it failed, empty when it passed).
-OWN_FIGURE_KEYS = ("fidelity", "rejected")
-# Decision keys (optional; files exported before them classify as before): the temperature
-# that calibrates the probabilities and the review threshold, both fitted on validation.
-DECISION_KEYS = ("temperature", "review_threshold", "model_card")
-# What a file computes in: "fp32" (the export), or a reduced-precision copy made by
-# exports.quantize. Files from before precision was recorded are fp32.
-PRECISIONS = ("fp32", "fp16", "int8")
+from neu.image import IMAGE_EXTENSIONS, decode_image, normalize
 
-# Short provider names used across neu-bench -> ONNX Runtime execution providers, in the
-# order handed to ORT (TensorRT falls back op-by-op to CUDA, then CPU, inside one session).
-PROVIDERS = {
-    "cpu": ("CPUExecutionProvider",),
-    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
-    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-}
-_SHORT_NAME = {
-    "CPUExecutionProvider": "cpu",
-    "CUDAExecutionProvider": "cuda",
-    "TensorrtExecutionProvider": "tensorrt",
-}
-
-_FIX = "pass the .onnx written by `bench run`"
-
-
-def provider_short_name(name: str) -> str:
-    """Short provider name: CPUExecutionProvider -> cpu (unknown names stay as they are)."""
-    return _SHORT_NAME.get(name, name)
-
-
-class ModelFormatError(ValueError):
-    """The file is not an ONNX classifier exported by neu-bench (message says why + the fix)."""
+_CPU = PROVIDERS["cpu"][0]
 
 
 class ProviderUnavailableError(RuntimeError):
@@ -137,223 +85,89 @@ def create_session(
         raise ValueError(f"unknown provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
     path = Path(path)
     if not path.is_file():
-        raise ModelFormatError(f"{path} does not exist or is not a file: {_FIX}")
-    wanted = PROVIDERS[provider]
+        raise ModelFormatError(f"{path} does not exist or is not a file: {FIX}")
     available = ort.get_available_providers()
-    if wanted[0] not in available:
-        if strict:
-            raise ProviderUnavailableError(
-                f"provider {provider!r} ({wanted[0]}) is not in this onnxruntime build "
-                f"(onnxruntime {ort.__version__} offers {', '.join(available)}): install "
-                f"onnxruntime-gpu on a machine with an NVIDIA GPU, or use --provider cpu"
-            )
-        wanted = PROVIDERS["cpu"]
+    wanted = _wanted_providers(provider, available, strict=strict)
     strict_placement = disable_cpu_fallback and provider != "cpu" and wanted[0] in available
-    providers: list = [
-        p
-        for p in wanted
-        if p in available and not (strict_placement and p == "CPUExecutionProvider")
-    ]
+    providers: list = [p for p in wanted if p in available and not (strict_placement and p == _CPU)]
     if provider_options:
         providers[0] = (providers[0], dict(provider_options))
+    options = _session_options(threads, strict_placement, enable_profiling)
+    session = _open_session(path, options, providers, strict_placement, wanted[0])
+    actual = provider_short_name(session.get_providers()[0])
+    if actual != provider and provider != "cpu" and strict:
+        _raise_fallback(session, provider)
+    return session, actual
+
+
+def _wanted_providers(provider: str, available: list[str], *, strict: bool) -> tuple[str, ...]:
+    """The ORT providers to ask for; a GPU provider missing from this build raises (strict)
+    or falls back to the CPU."""
+    import onnxruntime as ort
+
+    wanted = PROVIDERS[provider]
+    if wanted[0] in available:
+        return wanted
+    if strict:
+        raise ProviderUnavailableError(
+            f"provider {provider!r} ({wanted[0]}) is not in this onnxruntime build "
+            f"(onnxruntime {ort.__version__} offers {', '.join(available)}): install "
+            f"onnxruntime-gpu on a machine with an NVIDIA GPU, or use --provider cpu"
+        )
+    return PROVIDERS["cpu"]
+
+
+def _session_options(threads: int | None, strict_placement: bool, enable_profiling: str | None):
+    import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
-    # ORT logs its own fallback warnings to stderr; we report the outcome ourselves below.
+    # ORT logs its own fallback warnings to stderr; create_session reports the outcome itself.
     options.log_severity_level = 3
     if strict_placement:
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     if enable_profiling:
         options.enable_profiling = True
         options.profile_file_prefix = str(enable_profiling)
+    return options
+
+
+def _open_session(path: Path, options, providers: list, strict_placement: bool, first: str):
+    """ORT's InferenceSession; a file it cannot load is a ModelFormatError, unless the GPU
+    provider refused nodes that --strict-providers forbade it to hand to the CPU."""
+    import onnxruntime as ort
+
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # ORT raises its own pybind classes (InvalidProtobuf, Fail, ...)
         if strict_placement and path.stat().st_size > 0:
             raise ProviderUnavailableError(
-                f"{path}: not every node can run on {wanted[0]} and --strict-providers forbids "
+                f"{path}: not every node can run on {first} and --strict-providers forbids "
                 f"CPU fallback ({type(e).__name__}: {str(e).strip()[:300]}); drop "
                 "--strict-providers to measure the mixed placement (its rows then show "
                 "nodes_by_provider)"
             ) from e
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelFormatError(
-            f"{path} is not a readable ONNX model ({type(e).__name__}: {detail}): {_FIX}"
+            f"{path} is not a readable ONNX model ({type(e).__name__}: {detail}): {FIX}"
         ) from e
 
-    actual_name = session.get_providers()[0]
-    actual = _SHORT_NAME.get(actual_name, actual_name)
-    if actual != provider and provider != "cpu":
-        if strict:
-            raise ProviderUnavailableError(
-                f"asked for provider {provider!r} but ONNX Runtime fell back to "
-                f"{actual_name} (session providers: {', '.join(session.get_providers())}): "
-                f"no usable GPU, or the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu "
-                f"{ort.__version__} needs are missing; fix that or use --provider cpu"
-            )
-    return session, actual
+
+def _raise_fallback(session, provider: str):
+    import onnxruntime as ort
+
+    raise ProviderUnavailableError(
+        f"asked for provider {provider!r} but ONNX Runtime fell back to "
+        f"{session.get_providers()[0]} (session providers: {', '.join(session.get_providers())}): "
+        f"no usable GPU, or the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu "
+        f"{ort.__version__} needs are missing; fix that or use --provider cpu"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
-# metadata
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """The parsed "neu_bench.*" metadata of an exported model."""
-
-    model: str
-    classes: list[str]
-    image_size: int
-    channels: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resize: str
-    val_accuracy: float | None = None  # on the images that picked the checkpoint: optimistic
-    test_accuracy: float | None = None  # on held-out test images of split_hash (older files: None)
-    test_images: int | None = None
-    dataset_hash: str | None = None
-    split_hash: str | None = None
-    split: dict | None = None
-    weights: str | None = None
-    precision: str = "fp32"
-    fidelity: dict | None = None  # the file's own figures (see OWN_FIGURE_KEYS)
-    rejected: str | None = None  # why this file failed its fidelity check; None: not rejected
-    temperature: float | None = None  # logits / T before softmax; None: uncalibrated (T = 1)
-    review: dict | None = None  # neu_bench.review_threshold: threshold (or null), target, val
-    raw: dict[str, str] = field(default_factory=dict)  # every metadata_props entry, unparsed
-    input_kind: str = "normalized"  # or "raw": uint8 pixels in, preprocessing in the graph
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def raw_pixels(self) -> bool:
-        return self.input_kind == "raw"
-
-    @property
-    def input_name(self) -> str:
-        return RAW_INPUT_NAME if self.raw_pixels else INPUT_NAME
-
-    @property
-    def input_shape(self) -> list:
-        """The graph input's shape, "batch" for the dynamic axis."""
-        s = self.image_size
-        if not self.raw_pixels:
-            return ["batch", 3, s, s]
-        return ["batch", s, s] if self.channels == 1 else ["batch", s, s, 3]
-
-
-def parse_metadata(props: dict[str, str], *, source: str | Path = "model") -> ModelInfo:
-    """Validate the ONNX custom metadata map and parse it; ModelFormatError says what is wrong."""
-    meta = {k[len(METADATA_PREFIX) :]: v for k, v in props.items() if k.startswith(METADATA_PREFIX)}
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
-    if missing:
-        keys = ", ".join(METADATA_PREFIX + k for k in missing)
-        raise ModelFormatError(
-            f"{source} was not exported by neu-bench: its metadata lacks {keys} (class names, "
-            f"input size and normalisation are needed to classify an image): {_FIX}"
-        )
-
-    def bad(key: str, why: str) -> ModelFormatError:
-        return ModelFormatError(
-            f"{source}: metadata {METADATA_PREFIX}{key}={meta.get(key)!r} {why}: {_FIX}"
-        )
-
-    if meta["format_version"] != FORMAT_VERSION:
-        raise bad("format_version", f"is not {FORMAT_VERSION!r} (written by another neu-bench)")
-
-    def load_json(key: str):
-        try:
-            return json.loads(meta[key])
-        except ValueError:
-            raise bad(key, "is not valid JSON") from None
-
-    def to_int(key: str) -> int:
-        try:
-            return int(meta[key])
-        except ValueError:
-            raise bad(key, "is not an integer") from None
-
-    classes = load_json("classes")
-    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
-        raise bad("classes", "is not a non-empty JSON list of names")
-    if to_int("num_classes") != len(classes):
-        raise bad("num_classes", f"does not match the {len(classes)} class names")
-    image_size = to_int("image_size")
-    if image_size <= 0:
-        raise bad("image_size", "is not positive")
-    channels = to_int("channels")
-    if channels not in (1, 3):
-        raise bad("channels", "is not 1 or 3")
-    mean, std = load_json("mean"), load_json("std")
-    for key, value in (("mean", mean), ("std", std)):
-        if not (isinstance(value, list) and len(value) == 3):
-            raise bad(key, "is not a JSON list of 3 numbers")
-    if min(std) <= 0:
-        raise bad("std", "has a value <= 0")
-    input_kind = meta.get("input_kind") or "normalized"
-    if input_kind not in INPUT_KINDS:
-        raise bad("input_kind", f"is not one of {', '.join(INPUT_KINDS)}")
-    layout = RAW_INPUT_LAYOUTS[channels] if input_kind == "raw" else INPUT_LAYOUT
-    if meta["input_layout"] != layout:
-        raise bad("input_layout", f"is not {layout!r} (input_kind {input_kind!r})")
-    if meta["resize"] != RESIZE_METHOD:
-        raise bad("resize", f"is not {RESIZE_METHOD!r}, the only resize this runtime implements")
-
-    def optional_number(key: str, kind=float):
-        # Absent in files exported before the key existed; "null" when not measured.
-        if meta.get(key) in (None, "", "null", "None"):
-            return None
-        try:
-            return kind(meta[key])
-        except ValueError:
-            raise bad(key, "is not a number") from None
-
-    val_accuracy = optional_number("val_accuracy")
-    test_accuracy = optional_number("test_accuracy")
-    test_images = optional_number("test_images", int)
-    split = load_json("split") if meta.get("split") else None
-    precision = meta.get("precision") or "fp32"
-    if precision not in PRECISIONS:
-        raise bad("precision", f"is not one of {', '.join(PRECISIONS)}")
-    fidelity = load_json("fidelity") if meta.get("fidelity") else None
-    if fidelity is not None and not isinstance(fidelity, dict):
-        raise bad("fidelity", "is not a JSON object")
-    temperature = optional_number("temperature")
-    if temperature is not None and not temperature > 0:
-        raise bad("temperature", "is not > 0")
-    review = load_json("review_threshold") if meta.get("review_threshold") else None
-    if review is not None:
-        t = review.get("threshold") if isinstance(review, dict) else "?"
-        if t is not None and not (isinstance(t, int | float) and 0 <= t <= 1):
-            raise bad("review_threshold", 'is not a JSON object with "threshold" in [0, 1] or null')
-    return ModelInfo(
-        model=meta["model"],
-        classes=list(classes),
-        image_size=image_size,
-        channels=channels,
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
-        resize=meta["resize"],
-        val_accuracy=val_accuracy,
-        test_accuracy=test_accuracy,
-        test_images=test_images,
-        dataset_hash=meta.get("dataset_hash") or None,
-        split_hash=meta.get("split_hash") or None,
-        split=split,
-        weights=meta.get("weights"),
-        precision=precision,
-        fidelity=fidelity,
-        rejected=meta.get("rejected") or None,
-        temperature=temperature,
-        review=review,
-        raw=dict(props),
-        input_kind=input_kind,
-    )
+# metadata and graph
 
 
 def deployment_warning(info: ModelInfo, source: str | Path = "model") -> str | None:
@@ -378,32 +192,13 @@ def deployment_warning(info: ModelInfo, source: str | Path = "model") -> str | N
 
 
 def check_graph(session, info: ModelInfo, *, source: str | Path = "model") -> None:
-    """The graph's input/output names and shapes agree with the metadata and the design."""
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    names = ([i.name for i in inputs], [o.name for o in outputs])
-    if names != ([info.input_name], [OUTPUT_NAME]):
+    """The graph's input/output names, dtypes and shapes agree with the metadata, as a file
+    ONNX Runtime can run (exports.contract.Signature, not strict: a fixed batch is accepted)."""
+    problems = signature_problems(*session_ports(session), Signature.of(info, strict=False))
+    if problems:
         raise ModelFormatError(
-            f"{source}: graph inputs/outputs are {names[0]} -> {names[1]}, expected "
-            f"[{info.input_name!r}] -> [{OUTPUT_NAME!r}] (input_kind {info.input_kind!r}): {_FIX}"
-        )
-    shape = list(inputs[0].shape)
-    want = info.input_shape[1:]
-    if len(shape) != len(want) + 1 or shape[1:] != want:
-        raise ModelFormatError(
-            f"{source}: graph input shape {shape} does not match the metadata "
-            f"(batch, {', '.join(map(str, want))}): {_FIX}"
-        )
-    dtype = "tensor(uint8)" if info.raw_pixels else "tensor(float)"
-    if inputs[0].type != dtype:
-        raise ModelFormatError(
-            f"{source}: graph input type {inputs[0].type}, expected {dtype} for input_kind "
-            f"{info.input_kind!r}: {_FIX}"
-        )
-    out = list(outputs[0].shape)
-    if len(out) != 2 or (isinstance(out[1], int) and out[1] != info.num_classes):
-        raise ModelFormatError(
-            f"{source}: graph output shape {out} does not match the {info.num_classes} "
-            f"classes in the metadata: {_FIX}"
+            f"{source}: the graph does not match the metadata (input_kind {info.input_kind!r}): "
+            f"{'; '.join(problems)}: {FIX}"
         )
 
 
