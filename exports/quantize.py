@@ -36,7 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from exports.runtime import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME
+from exports.contract import (
+    INPUT_NAME,
+    METADATA_PREFIX,
+    Signature,
+    parse_metadata,
+    proto_ports,
+    signature_problems,
+)
 from neu._io import atomic_path
 
 DEFAULT_CALIBRATION_IMAGES = 256
@@ -195,14 +202,6 @@ def quantize_int8(
     Returns the info dict that is also stored as `neu_bench.quantization`.
     """
     import onnxruntime as ort
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
 
     x = np.ascontiguousarray(calibration_inputs, dtype=np.float32)
     if x.ndim != 4 or x.shape[1] != 3 or len(x) == 0:
@@ -214,16 +213,55 @@ def quantize_int8(
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     meta = _neu_metadata(fp32_path)
     offered = len(x)
-    if settings.calibration_method != "minmax" and offered > HISTOGRAM_CALIBRATION_IMAGES:
-        # Evenly strided through the (index-sorted, class-stratified) sample: every class keeps
-        # its share. See HISTOGRAM_CALIBRATION_IMAGES for why fewer.
-        keep = np.linspace(0, offered - 1, HISTOGRAM_CALIBRATION_IMAGES).round().astype(int)
-        x = x[keep]
-    extra = {}
-    if settings.calibration_method == "percentile":
-        # uint8 activations follow ReLUs (>= 0): a symmetric range would waste half the codes.
-        extra = {"CalibPercentile": 99.999,
-                 "CalibTensorRangeSymmetric": settings.activation_type == "int8"}  # fmt: skip
+    x = _calibration_subset(x, settings)
+    extra = _calibration_options(settings)
+    info = {
+        "method": "onnxruntime static QDQ",
+        "format": "QDQ",
+        **{k: v for k, v in asdict(settings).items()},
+        "calibration_images": len(x),
+        "calibration_images_offered": offered,
+        "calibration_extra_options": extra,
+        **{f"calibration_{k}": v for k, v in (calibration or {}).items() if k != "images"},
+        "onnxruntime_version": ort.__version__,
+    }
+    with tempfile.TemporaryDirectory(prefix="neu-int8-") as tmp:
+        quant = Path(tmp) / "int8.onnx"
+        _run_quantizer(fp32_path, Path(tmp) / "pre.onnx", quant, x, settings, extra, batch_size)
+        _finish(quant, out_path, meta, precision="int8", info=info, source=fp32_path)
+    return info
+
+
+def _calibration_subset(x: np.ndarray, settings: Int8Settings) -> np.ndarray:
+    """All the images for MinMax; HISTOGRAM_CALIBRATION_IMAGES of them for the histogram
+    calibrators, evenly strided through the (index-sorted, class-stratified) sample so every
+    class keeps its share."""
+    if settings.calibration_method == "minmax" or len(x) <= HISTOGRAM_CALIBRATION_IMAGES:
+        return x
+    keep = np.linspace(0, len(x) - 1, HISTOGRAM_CALIBRATION_IMAGES).round().astype(int)
+    return x[keep]
+
+
+def _calibration_options(settings: Int8Settings) -> dict:
+    if settings.calibration_method != "percentile":
+        return {}
+    # uint8 activations follow ReLUs (>= 0): a symmetric range would waste half the codes.
+    return {
+        "CalibPercentile": 99.999,
+        "CalibTensorRangeSymmetric": settings.activation_type == "int8",
+    }
+
+
+def _run_quantizer(fp32_path, pre, quant, x, settings: Int8Settings, extra, batch_size) -> None:
+    """ORT's pre-processing pass, then quantize_static calibrated on `x`, into `quant`."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -239,38 +277,24 @@ def quantize_int8(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
-    info = {
-        "method": "onnxruntime static QDQ",
-        "format": "QDQ",
-        **{k: v for k, v in asdict(settings).items()},
-        "calibration_images": len(x),
-        "calibration_images_offered": offered,
-        "calibration_extra_options": extra,
-        **{f"calibration_{k}": v for k, v in (calibration or {}).items() if k != "images"},
-        "onnxruntime_version": ort.__version__,
-    }
-    with tempfile.TemporaryDirectory(prefix="neu-int8-") as tmp:
-        pre, quant = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        try:
-            quant_pre_process(str(fp32_path), str(pre))
-            quantize_static(
-                str(pre),
-                str(quant),
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                activation_type=qtype[settings.activation_type],
-                weight_type=qtype[settings.weight_type],
-                per_channel=settings.per_channel,
-                reduce_range=settings.reduce_range,
-                calibrate_method=method[settings.calibration_method],
-                extra_options=extra,
-            )
-        except Exception as e:
-            raise QuantizationError(
-                f"INT8 quantization of {fp32_path} failed ({type(e).__name__}: {e})"
-            ) from e
-        _finish(quant, out_path, meta, precision="int8", info=info, source=fp32_path)
-    return info
+    try:
+        quant_pre_process(str(fp32_path), str(pre))
+        quantize_static(
+            str(pre),
+            str(quant),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=qtype[settings.activation_type],
+            weight_type=qtype[settings.weight_type],
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            calibrate_method=method[settings.calibration_method],
+            extra_options=extra,
+        )
+    except Exception as e:
+        raise QuantizationError(
+            f"INT8 quantization of {fp32_path} failed ({type(e).__name__}: {e})"
+        ) from e
 
 
 def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> dict:
@@ -335,34 +359,16 @@ def _finish(built: Path, out_path: Path, meta: dict, *, precision: str, info: di
     import onnx
 
     proto = onnx.load(str(built))
-    graph = proto.graph
-    initializers = {t.name for t in graph.initializer}
-    ins = [
-        (i.name, i.type.tensor_type.elem_type) for i in graph.input if i.name not in initializers
-    ]
-    outs = [(o.name, o.type.tensor_type.elem_type) for o in graph.output]
-    f32 = onnx.TensorProto.FLOAT
-    if ins != [(INPUT_NAME, f32)] or outs != [(OUTPUT_NAME, f32)]:
+    # The copy must keep the FP32 file's signature: float32 in, float32 out, same shapes
+    # (as loadable by exports.runtime, which checks it again).
+    expected = Signature.of(parse_metadata(meta, source=source), strict=False)
+    problems = signature_problems(*proto_ports(proto), expected)
+    if problems:
         raise QuantizationError(
-            f"the {precision} copy of {source} has I/O {ins} -> {outs}, expected float32 "
-            f"{INPUT_NAME!r} -> {OUTPUT_NAME!r}"
+            f"the {precision} copy of {source} breaks the I/O contract: {'; '.join(problems)}"
         )
-    # The quantizer's own bookkeeping entries (onnx.quant.*) go; the FP32 file's neu_bench.*
-    # come back (the pre-processing pass drops them) with the precision and how it was made.
-    # The parent's own figures are not this copy's: until it is judged on images
-    # (exports.figures) it states no test accuracy, and the parent's is kept apart.
-    own = {METADATA_PREFIX + k for k in ("fidelity", "rejected", "deployment_variant")}
-    parent_acc = meta.get(METADATA_PREFIX + "test_accuracy")
-    props = {
-        **{k: v for k, v in meta.items() if k not in own},
-        METADATA_PREFIX + "test_accuracy": "null",
-        METADATA_PREFIX + "source_test_accuracy": parent_acc if parent_acc else "null",
-        METADATA_PREFIX + "precision": precision,
-        METADATA_PREFIX + "quantization": json.dumps(info, sort_keys=True),
-        METADATA_PREFIX + "source_model": Path(source).name,
-    }
     del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, props)
+    onnx.helper.set_model_props(proto, _variant_metadata(meta, precision, info, source))
     try:
         onnx.checker.check_model(proto)
     except Exception as e:
@@ -371,3 +377,20 @@ def _finish(built: Path, out_path: Path, meta: dict, *, precision: str, info: di
         ) from e
     with atomic_path(out_path) as tmp:
         onnx.save_model(proto, str(tmp))
+
+
+def _variant_metadata(meta: dict, precision: str, info: dict, source) -> dict[str, str]:
+    """The quantizer's own bookkeeping entries (onnx.quant.*) go; the FP32 file's neu_bench.*
+    come back (the pre-processing pass drops them) with the precision and how it was made.
+    The parent's own figures are not this copy's: until it is judged on images
+    (exports.figures) it states no test accuracy, and the parent's is kept apart."""
+    own = {METADATA_PREFIX + k for k in ("fidelity", "rejected", "deployment_variant")}
+    parent_acc = meta.get(METADATA_PREFIX + "test_accuracy")
+    return {
+        **{k: v for k, v in meta.items() if k not in own},
+        METADATA_PREFIX + "test_accuracy": "null",
+        METADATA_PREFIX + "source_test_accuracy": parent_acc if parent_acc else "null",
+        METADATA_PREFIX + "precision": precision,
+        METADATA_PREFIX + "quantization": json.dumps(info, sort_keys=True),
+        METADATA_PREFIX + "source_model": Path(source).name,
+    }
