@@ -127,20 +127,9 @@ def compare_logits(
         raise ValueError(
             f"unknown precision {precision!r}: one of {FULL_PRECISIONS + REDUCED_PRECISIONS}"
         )
-    ref = np.asarray(reference, dtype=np.float32)
-    out = np.asarray(logits, dtype=np.float32)
-    if ref.ndim != 2 or len(ref) == 0:
-        raise ValueError(f"reference logits must be a non-empty (N, K) array, got {ref.shape}")
-    if out.shape != ref.shape:
-        raise ValueError(f"variant logits {out.shape} != reference logits {ref.shape}")
-    y = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
-    if y is not None and len(y) != len(ref):
-        raise ValueError(f"{len(y)} labels for {len(ref)} images")
-
-    failures: list[str] = []
+    ref, out, y = _check_arrays(reference, logits, labels)
     finite = bool(np.isfinite(out).all())
-    if not finite:
-        failures.append("the variant's logits contain NaN/inf")
+    failures = [] if finite else ["the variant's logits contain NaN/inf"]
     max_abs = float(np.abs(out - ref).max()) if finite else float("inf")
     ref_top1, top1 = ref.argmax(1), out.argmax(1)
     flips = int((top1 != ref_top1).sum())
@@ -152,27 +141,10 @@ def compare_logits(
         # Counted in images, then scaled: float subtraction of two fractions would turn an
         # exact zero delta into -1e-15 and a borderline case into a failure.
         delta = 100.0 * int((top1 == y).sum() - (ref_top1 == y).sum()) / len(y)
-
     if precision in FULL_PRECISIONS:
-        allowed = thresholds.atol + thresholds.rtol * np.abs(ref).max(axis=1, keepdims=True)
-        if not finite or not (np.abs(out - ref) <= allowed).all():
-            failures.append(
-                f"max |delta logit| {max_abs:.3g} exceeds atol {thresholds.atol:g} + rtol "
-                f"{thresholds.rtol:g} x |logit|"
-            )
-        if flips:
-            failures.append(f"top-1 class differs on {flips}/{len(ref)} images")
+        failures += _strict_failures(ref, out, finite, max_abs, flips, thresholds)
     else:
-        if agreement < thresholds.min_agreement:
-            failures.append(
-                f"top-1 agreement {100 * agreement:.2f}% < {100 * thresholds.min_agreement:g}% "
-                f"({flips}/{len(ref)} images flipped)"
-            )
-        if delta is not None and delta < -thresholds.max_accuracy_drop_pp:
-            failures.append(
-                f"test accuracy dropped by {-delta:.2f} pp > {thresholds.max_accuracy_drop_pp:g} pp "
-                f"({100 * ref_acc:.2f}% -> {100 * acc:.2f}%)"
-            )
+        failures += _reduced_failures(agreement, flips, len(ref), ref_acc, acc, delta, thresholds)
     return Fidelity(
         precision=precision,
         n_images=len(ref),
@@ -186,3 +158,46 @@ def compare_logits(
         rule=thresholds.rule(precision),
         failures=failures,
     )
+
+
+def _check_arrays(reference, logits, labels):
+    """(reference, logits) as float32 (N, K) arrays of the same shape, labels int64 or None."""
+    ref = np.asarray(reference, dtype=np.float32)
+    out = np.asarray(logits, dtype=np.float32)
+    if ref.ndim != 2 or len(ref) == 0:
+        raise ValueError(f"reference logits must be a non-empty (N, K) array, got {ref.shape}")
+    if out.shape != ref.shape:
+        raise ValueError(f"variant logits {out.shape} != reference logits {ref.shape}")
+    y = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
+    if y is not None and len(y) != len(ref):
+        raise ValueError(f"{len(y)} labels for {len(ref)} images")
+    return ref, out, y
+
+
+def _strict_failures(ref, out, finite: bool, max_abs: float, flips: int, t) -> list[str]:
+    """FP32: every logit within atol + rtol x the image's scale, and no top-1 flip."""
+    failures = []
+    allowed = t.atol + t.rtol * np.abs(ref).max(axis=1, keepdims=True)
+    if not finite or not (np.abs(out - ref) <= allowed).all():
+        failures.append(
+            f"max |delta logit| {max_abs:.3g} exceeds atol {t.atol:g} + rtol {t.rtol:g} x |logit|"
+        )
+    if flips:
+        failures.append(f"top-1 class differs on {flips}/{len(ref)} images")
+    return failures
+
+
+def _reduced_failures(agreement, flips, n, ref_acc, acc, delta, t) -> list[str]:
+    """Reduced precision: enough top-1 agreement, and at most the allowed accuracy drop."""
+    failures = []
+    if agreement < t.min_agreement:
+        failures.append(
+            f"top-1 agreement {100 * agreement:.2f}% < {100 * t.min_agreement:g}% "
+            f"({flips}/{n} images flipped)"
+        )
+    if delta is not None and delta < -t.max_accuracy_drop_pp:
+        failures.append(
+            f"test accuracy dropped by {-delta:.2f} pp > {t.max_accuracy_drop_pp:g} pp "
+            f"({100 * ref_acc:.2f}% -> {100 * acc:.2f}%)"
+        )
+    return failures
