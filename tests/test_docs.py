@@ -147,7 +147,8 @@ def commands_in(path: Path) -> list[Command]:
                     m = FLAG.match(w.lstrip("[("))
                     if m and m.group(0) not in flags:
                         flags.append(m.group(0))
-                found.append(Command(rel, lineno, text.strip(), module, sub, tuple(flags)))
+                shown = " ".join(text.split(" #")[0].split())  # without the comment
+                found.append(Command(rel, lineno, shown, module, sub, tuple(flags)))
     return found
 
 
@@ -181,9 +182,14 @@ def problems(commands: list[Command], helps: dict[tuple[str, str | None], tuple[
         where = f"{c.file}:{c.line}: `{c.text}`"
         if rc != 0:
             tail = " | ".join(text.strip().splitlines()[-3:])
+            choices = re.search(r"\{([\w,-]+)\}", text)  # argparse's {run,speed,...}
+            near = difflib.get_close_matches(
+                c.subcommand or "", choices.group(1).split(",") if choices else [], n=1
+            )
+            hint = f"did you mean `python -m {c.module} {near[0]}`?" if near else "use a subcommand"
             out.append(
-                f"{where}\n    `{shown} --help` exits {rc} ({tail})\n    fix: use a subcommand "
-                f"that `python -m {c.module} --help` lists, or repair the CLI"
+                f"{where}\n    `{shown} --help` exits {rc} ({tail})\n    fix: {hint} "
+                f"(`python -m {c.module} --help` lists them), or repair the CLI"
             )
             continue
         known = sorted(set(FLAG.findall(text)))
@@ -246,7 +252,9 @@ python -m exports
 def test_parser_finds_the_commands_and_only_those(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     (tmp_path / "README.md").write_text(SAMPLE)
-    got = [(c.line, c.module, c.subcommand, c.flags) for c in commands_in(tmp_path / "README.md")]
+    found = commands_in(tmp_path / "README.md")
+    assert found[0].text == "python3 -m bench run --models all --epochs 2"  # comment dropped
+    got = [(c.line, c.module, c.subcommand, c.flags) for c in found]
     assert got == [
         (3, "bench", "run", ("--models", "--epochs")),
         (4, "neu", "inspect", ("--json",)),
@@ -259,15 +267,21 @@ def test_parser_finds_the_commands_and_only_those(tmp_path, monkeypatch):
 
 def test_checker_reports_a_bad_flag_and_a_missing_subcommand():
     help_run = "usage: python -m bench run [--models STR] [--hflip | --no-hflip] [--epochs INT]"
-    helps = {("bench", "run"): (0, help_run), ("bench", "nope"): (2, "invalid choice: 'nope'")}
+    helps = {
+        ("bench", "run"): (0, help_run),
+        ("bench", "nope"): (2, "invalid choice: 'nope'"),
+        ("bench", "lsit"): (2, "usage: python -m bench [-h] {run,list} ...\ninvalid choice"),
+    }
     cmds = [
         Command("README.md", 3, "...", "bench", "run", ("--models", "--no-hflip")),
         Command("README.md", 4, "...", "bench", "run", ("--epoch", "--bogus")),
         Command("docs/x.md", 9, "...", "bench", "nope", ("--models",)),
+        Command("docs/x.md", 12, "...", "bench", "lsit", ()),
     ]
     bad = problems(cmds, helps)
-    assert len(bad) == 3
+    assert len(bad) == 4
     assert bad[0].startswith("README.md:4:") and "did you mean --epochs?" in bad[0]
     assert "--bogus is not an option" in bad[1] and "drop it" in bad[1]
     assert bad[2].startswith("docs/x.md:9:") and "exits 2" in bad[2]
+    assert "did you mean `python -m bench list`?" in bad[3]
     assert flag_in_help("--no-x", "--[no-]x") and not flag_in_help("--no-x", "--x")
