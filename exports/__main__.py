@@ -21,61 +21,15 @@ the dataset with neu (torch) and imports the parity check only for --checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from exports.runtime import (
-    PROVIDERS,
-    Classifier,
-    ModelFormatError,
-    ProviderUnavailableError,
-    collect_images,
-    deployment_warning,
-)
+from exports.contract import PROVIDERS
+from exports.predict import predict
+from exports.runtime import Classifier, ModelFormatError, ProviderUnavailableError
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m exports", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("predict", help="classify image files / folders with an exported model")
-    p.add_argument("model", help="the model.onnx written by `bench run`")
-    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--json", action="store_true", help="one JSON object per image per line")
-    p.add_argument(
-        "--threshold",
-        type=_probability,
-        default=None,
-        help="review threshold: images whose calibrated confidence is below it get decision "
-        "'review', the rest 'auto' (default: the threshold stored in the file, fitted on "
-        "validation for its target accuracy; a file without one sends every image to review)",
-    )
-    p.add_argument("--batch-size", type=_positive, default=32)
-    p.add_argument("--provider", choices=list(PROVIDERS), default="cpu")
-    p.add_argument("--threads", type=_positive, default=None, help="ORT intra-op threads")
-
-    v = sub.add_parser(
-        "verify", help="re-check an exported model's test accuracy on its own test split"
-    )
-    v.add_argument("model", help="the model.onnx written by `bench run`")
-    v.add_argument("--data", required=True, help="the dataset folder the model was trained on")
-    v.add_argument("--manifest", help="split manifest JSON (default: re-derive from metadata)")
-    v.add_argument("--checkpoint", help="best.pt: also run the full torch-vs-ONNX parity check")
-    v.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
-    v.add_argument("--exclude-bad", action="store_true", help="skip unreadable images")
-    v.add_argument(
-        "--allow-other-data",
-        action="store_true",
-        help="run the model on data it was not measured on (another dataset or split, or no "
-        "recorded accuracy): reports what was and was not verified instead of failing",
-    )
-    v.add_argument("--json", action="store_true", help="print one JSON object")
-    v.add_argument("--batch-size", type=_positive, default=32)
-    v.add_argument("--provider", choices=list(PROVIDERS), default="cpu")
-    v.add_argument("--threads", type=_positive, default=None, help="ORT intra-op threads")
-
-    _add_serving_commands(sub)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command in ("repository", "client"):
         from exports import serving
 
@@ -97,92 +51,53 @@ def main(argv=None) -> int:
     return verify(clf, args)
 
 
-def predict(clf: Classifier, args) -> int:
-    warning = deployment_warning(clf.info, clf.path)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
-    images, skipped = collect_images(args.images)
-    if skipped:
-        names = ", ".join(str(s) for s in skipped[:5])
-        more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
-        print(f"skipped {len(skipped)} non-image files in folders: {names}{more}", file=sys.stderr)
-    if not images:
-        print(f"error: no images found in {' '.join(args.images)}", file=sys.stderr)
-        return 1
-    if clf.threshold is None:
-        why = clf.threshold_source.removeprefix("none: ")
-        print(
-            f"note: no review threshold in {clf.path.name} ({why}): "
-            "every image gets decision 'review'; pass --threshold T to decide automatically "
-            "at and above T.",
-            file=sys.stderr,
-        )
-    results = clf.iter_predict_files(images, batch_size=args.batch_size)
-    failed = 0
-    if args.json:
-        decision = {"temperature": clf.temperature, "threshold": clf.threshold}
-        for r in results:
-            failed += "error" in r
-            print(json.dumps(r if "error" in r else {**r, **decision}), flush=True)
-    else:
-        threshold = "none" if clf.threshold is None else f"{clf.threshold:.4f}"
-        title = (
-            f"{clf.info.model} ({clf.path.name}, {clf.info.precision}, {clf.provider}; "
-            f"temperature {clf.temperature:.3f}, review threshold {threshold})"
-        )
-        failed = print_table(title, results, decisions=True)
-    if failed:
-        print(f"{failed} of {len(images)} images could not be classified", file=sys.stderr)
-    return 1 if failed else 0
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m exports", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_predict(sub)
+    _add_verify(sub)
+    _add_serving_commands(sub)
+    return parser
 
 
-def print_table(title: str, results, *, decisions: bool = False) -> int:
-    """A rich table where rich is installed; plain tab-separated lines where it is not (a
-    deployment needs onnxruntime, numpy and pillow only). Returns how many images failed.
-    decisions: a `decision` column (auto|review), for results that carry one (predict's);
-    a `note` column appears when any image has warnings (what changed its meaning)."""
-    rows = [
-        (r["file"], f"error: {r['error']}", "", "", "", True)
-        if "error" in r
-        else (
-            r["file"],
-            r["class"],
-            f"{r['confidence']:.4f}",
-            r.get("decision", ""),
-            "; ".join(r.get("warnings", [])),
-            False,
-        )
-        for r in results
-    ]
-    failed = sum(row[5] for row in rows)
-    with_notes = any(row[4] for row in rows)
-    header = ["file", "class", "confidence"] + ["decision"] * decisions + ["note"] * with_notes
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="classify image files / folders with an exported model")
+    p.add_argument("model", help="the model.onnx written by `bench run`")
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    p.add_argument(
+        "--threshold",
+        type=_probability,
+        default=None,
+        help="review threshold: images whose calibrated confidence is below it get decision "
+        "'review', the rest 'auto' (default: the threshold stored in the file, fitted on "
+        "validation for its target accuracy; a file without one sends every image to review)",
+    )
+    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument("--provider", choices=list(PROVIDERS), default="cpu")
+    p.add_argument("--threads", type=_positive, default=None, help="ORT intra-op threads")
 
-    def cells(row) -> list[str]:
-        return list(row[:3]) + [row[3]] * decisions + [row[4]] * with_notes
 
-    try:
-        from rich.console import Console
-        from rich.markup import escape
-        from rich.table import Table
-    except ImportError:
-        print(title)
-        print("\t".join(header))
-        for row in rows:
-            print("\t".join(cells(row)))
-        return failed
-    table = Table(title=title)
-    table.add_column("file", overflow="fold")  # wrap long paths instead of cutting them
-    table.add_column("class", overflow="fold")
-    table.add_column("confidence", justify="right", no_wrap=True)
-    if decisions:
-        table.add_column("decision", no_wrap=True)
-    if with_notes:  # what changed an input's meaning on the way to the model
-        table.add_column("note", overflow="fold", style="yellow")
-    for row in rows:
-        table.add_row(*(escape(c) for c in cells(row)), style="red" if row[5] else None)
-    Console().print(table)
-    return failed
+def _add_verify(sub) -> None:
+    v = sub.add_parser(
+        "verify", help="re-check an exported model's test accuracy on its own test split"
+    )
+    v.add_argument("model", help="the model.onnx written by `bench run`")
+    v.add_argument("--data", required=True, help="the dataset folder the model was trained on")
+    v.add_argument("--manifest", help="split manifest JSON (default: re-derive from metadata)")
+    v.add_argument("--checkpoint", help="best.pt: also run the full torch-vs-ONNX parity check")
+    v.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
+    v.add_argument("--exclude-bad", action="store_true", help="skip unreadable images")
+    v.add_argument(
+        "--allow-other-data",
+        action="store_true",
+        help="run the model on data it was not measured on (another dataset or split, or no "
+        "recorded accuracy): reports what was and was not verified instead of failing",
+    )
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.add_argument("--batch-size", type=_positive, default=32)
+    v.add_argument("--provider", choices=list(PROVIDERS), default="cpu")
+    v.add_argument("--threads", type=_positive, default=None, help="ORT intra-op threads")
 
 
 def _add_serving_commands(sub) -> None:

@@ -35,8 +35,8 @@ def repository(args) -> int:
 
 
 def client(args) -> int:
-    from exports.__main__ import print_table
     from exports.client import ServerError, connect, describe, iter_classify
+    from exports.console import print_table
     from exports.runtime import collect_images
 
     images, skipped = collect_images(args.images)
