@@ -103,73 +103,86 @@ def _variant(name: str, model: nn.Module, device: torch.device) -> _Variant:
 
 def measure_model(name: str, opts: TrainSpeedOptions, device: torch.device, log=print) -> list:
     """One model in every variant, interleaved; returns one row per variant."""
-    torch.manual_seed(0)
-    fmt = torch.channels_last if opts.channels_last else torch.contiguous_format
-    model = build_model(name, num_classes=6, weights="none").to(device, memory_format=fmt)
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn((opts.batch_size, 3, opts.image_size, opts.image_size), generator=g)
-    x = x.to(device).contiguous(memory_format=fmt)
-    y = torch.randint(0, 6, (opts.batch_size,), generator=g).to(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-    variants = [_variant(v, model, device) for v in opts.variants]
-
-    def step(v: _Variant):
-        return lambda: train_step(v.net, opt, v.scaler, loss_fn, x, y, v.precision.autocast)
-
+    bench = _Bench(name, opts, device)
+    variants = [_variant(v, bench.model, device) for v in opts.variants]
     for v in variants:
-        compiled = v.name.endswith("+compile")
-        t0 = time.perf_counter()
-        try:  # warm-up; a compiled variant compiles here, in its first call
-            for _ in range(max(opts.warmup_steps, 1 if compiled else 0)):
-                step(v)()
-            if sync:
-                sync()
-        except Exception as e:  # e.g. a compile failure: it costs this variant, not the run
-            v.error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
-            log(f"[{name}] {v.name} failed: {v.error}")
-        if compiled:
-            v.compile_seconds = time.perf_counter() - t0
+        bench.warm_up(v, log)
     live = [v for v in variants if v.error is None]
     for i in range(opts.steps):
         for v in live[i % len(live) :] + live[: i % len(live)]:  # rotate who goes first
             samples, contention = speed.measure_with_contention(
-                step(v), sync=sync, warmup_iters=0, min_seconds=0, min_iters=1
+                bench.step(v), sync=bench.sync, warmup_iters=0, min_seconds=0, min_iters=1
             )
             v.samples += samples
             v.contention.append(contention)
         log(f"[{name}] round {i + 1}/{opts.steps} done")
-
-    rows = []
     base = next((v for v in live if v.name == "fp32"), None)
     base_img_s = speed.throughput_img_s(base.samples, opts.batch_size) if base else None
-    for v in variants:
+    return [bench.row(v, base_img_s) for v in variants]
+
+
+class _Bench:
+    """One model, its optimizer and one seeded batch in memory, shared by every variant
+    (speed does not depend on the weights)."""
+
+    def __init__(self, name: str, opts: TrainSpeedOptions, device: torch.device):
+        self.name, self.opts, self.device = name, opts, device
+        torch.manual_seed(0)
+        self.fmt = torch.channels_last if opts.channels_last else torch.contiguous_format
+        model = build_model(name, num_classes=6, weights="none")
+        self.model = model.to(device, memory_format=self.fmt)
+        self.model.train()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.loss_fn = nn.CrossEntropyLoss()
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn((opts.batch_size, 3, opts.image_size, opts.image_size), generator=g)
+        self.x = x.to(device).contiguous(memory_format=self.fmt)
+        self.y = torch.randint(0, 6, (opts.batch_size,), generator=g).to(device)
+        self.sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+
+    def step(self, v: _Variant):
+        return lambda: train_step(v.net, self.opt, v.scaler, self.loss_fn, self.x, self.y,
+                                  v.precision.autocast)  # fmt: skip
+
+    def warm_up(self, v: _Variant, log) -> None:
+        """The untimed steps; a compiled variant compiles here, in its first call, and a
+        failure (e.g. a compile error) costs this variant, not the run."""
+        compiled = v.name.endswith("+compile")
+        t0 = time.perf_counter()
+        try:
+            for _ in range(max(self.opts.warmup_steps, 1 if compiled else 0)):
+                self.step(v)()
+            if self.sync:
+                self.sync()
+        except Exception as e:
+            v.error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+            log(f"[{self.name}] {v.name} failed: {v.error}")
+        if compiled:
+            v.compile_seconds = time.perf_counter() - t0
+
+    def row(self, v: _Variant, base_img_s: float | None) -> dict:
+        opts = self.opts
         img_s = speed.throughput_img_s(v.samples, opts.batch_size) if v.samples else None
         pcts = [c for c in (v.contention or []) if c is not None]
-        rows.append(
-            {
-                "model": name,
-                "variant": v.name,
-                "precision": v.precision.name,
-                "amp_reason": v.precision.reason,
-                "compile": v.name.endswith("+compile"),
-                "compile_seconds": v.compile_seconds,
-                "error": v.error,
-                "device": device.type,
-                "channels_last": fmt == torch.channels_last,
-                "batch_size": opts.batch_size,
-                "image_size": opts.image_size,
-                "threads": torch.get_num_threads(),
-                "steps": len(v.samples),
-                "step_ms_mean": 1e3 * sum(v.samples) / len(v.samples) if v.samples else None,
-                "train_img_s": img_s,
-                "vs_fp32": img_s / base_img_s if img_s and base_img_s else None,
-                "cpu_contention_pct": sum(pcts) / len(pcts) if pcts else None,
-            }
-        )
-    return rows
+        return {
+            "model": self.name,
+            "variant": v.name,
+            "precision": v.precision.name,
+            "amp_reason": v.precision.reason,
+            "compile": v.name.endswith("+compile"),
+            "compile_seconds": v.compile_seconds,
+            "error": v.error,
+            "device": self.device.type,
+            "channels_last": self.fmt == torch.channels_last,
+            "batch_size": opts.batch_size,
+            "image_size": opts.image_size,
+            "threads": torch.get_num_threads(),
+            "steps": len(v.samples),
+            "step_ms_mean": 1e3 * sum(v.samples) / len(v.samples) if v.samples else None,
+            "train_img_s": img_s,
+            "vs_fp32": img_s / base_img_s if img_s and base_img_s else None,
+            "cpu_contention_pct": sum(pcts) / len(pcts) if pcts else None,
+        }
 
 
 def train_speed(opts: TrainSpeedOptions, log=print) -> dict:

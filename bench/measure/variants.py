@@ -199,116 +199,143 @@ def plan_variants(
     later, one at a time, so a variant that fails to build (e.g. an OpenVINO compile error)
     fails alone.
     """
-    from bench.measure.backends import OnnxRuntime
-
-    cuda = device.type == "cuda"
-    torch_kw = dict(device=device, threads=threads, image_size=image_size)
-    specs = [
-        VariantSpec(
-            "torch_fp32", "baseline", "torch", "fp32", "checkpoint",
-            make=lambda: TorchEager(model, precision="fp32", **torch_kw),
-        ),
-    ]  # fmt: skip
-
-    def ort(path, provider="cpu"):
-        return lambda: OnnxRuntime.open(
-            path, provider=provider, threads=threads, strict=True, image_size=image_size
-        )
-
+    on = _Machine(model, device, threads, image_size)
     # ONNX Runtime FP32, the export itself, is always measured too: the file every other
     # ONNX variant is made from and the one `python -m exports predict` runs by default.
-    specs.append(
+    specs = [
+        VariantSpec("torch_fp32", "baseline", "torch", "fp32", "checkpoint",
+                    make=on.torch(precision="fp32")),
         VariantSpec("ort_fp32", "baseline", "onnxruntime", "fp32", "onnx:fp32",
-                    make=ort(fp32_onnx, "cuda" if cuda else "cpu"))
-    )  # fmt: skip
+                    make=on.ort(fp32_onnx, "cuda" if on.cuda else "cpu")),
+    ]  # fmt: skip
     if "fp32" in groups:
         specs.append(
-            VariantSpec(
-                "torch_channels_last_fp32", "fp32", "torch", "fp32", "checkpoint",
-                make=lambda: TorchEager(model, precision="fp32", channels_last=True, **torch_kw),
-            )
+            VariantSpec("torch_channels_last_fp32", "fp32", "torch", "fp32", "checkpoint",
+                        make=on.torch(precision="fp32", channels_last=True))
         )  # fmt: skip
-    if "int8" in groups and int8_candidates:
-        # Static INT8 QDQ is a CPU-provider format here (see below).
-        for slug, path in int8_candidates:
-            specs.append(
-                VariantSpec(f"ort_int8_{slug}", "int8", "onnxruntime", "int8",
-                            f"onnx:int8:{slug}", make=ort(path, "cpu"), candidate=slug)
-            )  # fmt: skip
-    elif "int8" in groups:
-        spec = VariantSpec("ort_int8", "int8", "onnxruntime", "int8", "onnx:int8")
-        if int8_onnx is None:
-            spec.skipped = int8_unavailable or "no INT8 copy was made"
-        else:
-            # Static INT8 QDQ is a CPU-provider format here (ORT's GPU providers need TensorRT
-            # calibration caches); on a GPU machine it is still the CPU deployment option.
-            spec.make = ort(int8_onnx, "cpu")
-        specs.append(spec)
+    if "int8" in groups:
+        specs += _int8_specs(on, int8_onnx, int8_unavailable, int8_candidates)
     if "fp16" in groups:
-        spec = VariantSpec("ort_fp16", "fp16", "onnxruntime", "fp16", "onnx:fp16")
-        if fp16_onnx is None:
-            spec.skipped = int8_unavailable or "no FP16 copy was made"
-        elif not cuda:
-            spec.skipped = (
-                "FP16 ONNX is timed only where a GPU provider runs it; this run has no CUDA "
-                "device (the .fp16.onnx file is still exported)"
-            )
-        else:
-            spec.make = ort(fp16_onnx, "cuda")
-        specs.append(spec)
+        specs.append(_fp16_spec(on, fp16_onnx, int8_unavailable))
     if "bf16" in groups:
-        if cuda:
-            specs.append(
-                VariantSpec(
-                    "torch_fp16", "bf16", "torch", "fp16", "checkpoint",
-                    make=lambda: TorchEager(model, precision="fp16", channels_last=True,
-                                            **torch_kw),
-                )
-            )  # fmt: skip
-        spec = VariantSpec("torch_bf16", "bf16", "torch", "bf16", "checkpoint")
-        supported = torch.cuda.is_bf16_supported() if cuda else bf16_hardware
-        if supported:
-            spec.make = lambda: TorchEager(model, precision="bf16", channels_last=True, **torch_kw)
-        else:
-            spec.skipped = (
-                "the GPU lacks bf16"
-                if cuda
-                else "the CPU has no bf16 hardware (neither avx512_bf16 nor amx_bf16): "
-                "autocast would emulate it, slower than fp32"
-            )
-        specs.append(spec)
+        specs += _half_specs(on, bf16_hardware)
     if "compile" in groups:
         specs.append(
-            VariantSpec(
-                "torch_compile_fp32", "compile", "torch.compile", "fp32", "checkpoint",
-                make=lambda: TorchCompile(model, **torch_kw),
-            )
+            VariantSpec("torch_compile_fp32", "compile", "torch.compile", "fp32", "checkpoint",
+                        make=lambda: TorchCompile(model, **on.torch_kw))
         )  # fmt: skip
     if "openvino" in groups:
-        installed, why, caps = openvino_status()
-        ov_kw = dict(threads=threads, image_size=image_size)
-        for name, precision, path, artifact in (
-            ("openvino_fp32", "fp32", fp32_onnx, "onnx:fp32"),
-            ("openvino_bf16", "bf16", fp32_onnx, "onnx:fp32"),
-            ("openvino_int8", "int8", int8_onnx, "onnx:int8"),
-        ):
-            spec = VariantSpec(name, "openvino", "openvino", precision, artifact)
-            if not installed:
-                spec.skipped = why
-            elif precision == "bf16" and "BF16" not in caps:
-                spec.skipped = (
-                    f"the CPU has no bf16 support (OpenVINO CPU capabilities: "
-                    f"{', '.join(sorted(caps))})"
-                )
-            elif path is None:
-                spec.skipped = int8_unavailable or "no INT8 copy was made"
-            else:
-                hint = None if precision == "int8" else precision
-                spec.make = lambda path=path, hint=hint, fp=precision: OpenVino(
-                    path,
-                    precision=hint,
-                    file_precision="int8" if fp == "int8" else "fp32",
-                    **ov_kw,
-                )
-            specs.append(spec)
+        specs += _openvino_specs(on, fp32_onnx, int8_onnx, int8_unavailable)
+    return specs
+
+
+@dataclass
+class _Machine:
+    """The model and where its variants run: backend factories for plan_variants."""
+
+    model: torch.nn.Module
+    device: torch.device
+    threads: int
+    image_size: int
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def torch_kw(self) -> dict:
+        return dict(device=self.device, threads=self.threads, image_size=self.image_size)
+
+    def torch(self, **kw) -> Callable[[], Backend]:
+        return lambda: TorchEager(self.model, **kw, **self.torch_kw)
+
+    def ort(self, path, provider="cpu") -> Callable[[], Backend]:
+        from bench.measure.backends import OnnxRuntime
+
+        return lambda: OnnxRuntime.open(path, provider=provider, threads=self.threads,
+                                        strict=True, image_size=self.image_size)  # fmt: skip
+
+
+def _int8_specs(on: _Machine, int8_onnx, unavailable, candidates) -> list[VariantSpec]:
+    # Static INT8 QDQ is a CPU-provider format here (ORT's GPU providers need TensorRT
+    # calibration caches); on a GPU machine it is still the CPU deployment option.
+    if candidates:
+        return [
+            VariantSpec(f"ort_int8_{slug}", "int8", "onnxruntime", "int8", f"onnx:int8:{slug}",
+                        make=on.ort(path, "cpu"), candidate=slug)
+            for slug, path in candidates
+        ]  # fmt: skip
+    spec = VariantSpec("ort_int8", "int8", "onnxruntime", "int8", "onnx:int8")
+    if int8_onnx is None:
+        spec.skipped = unavailable or "no INT8 copy was made"
+    else:
+        spec.make = on.ort(int8_onnx, "cpu")
+    return [spec]
+
+
+def _fp16_spec(on: _Machine, fp16_onnx, unavailable) -> VariantSpec:
+    spec = VariantSpec("ort_fp16", "fp16", "onnxruntime", "fp16", "onnx:fp16")
+    if fp16_onnx is None:
+        spec.skipped = unavailable or "no FP16 copy was made"
+    elif not on.cuda:
+        spec.skipped = (
+            "FP16 ONNX is timed only where a GPU provider runs it; this run has no CUDA "
+            "device (the .fp16.onnx file is still exported)"
+        )
+    else:
+        spec.make = on.ort(fp16_onnx, "cuda")
+    return spec
+
+
+def _half_specs(on: _Machine, bf16_hardware: bool) -> list[VariantSpec]:
+    """The --variants bf16 group: torch autocast bf16, and fp16 on CUDA."""
+    specs = []
+    if on.cuda:
+        specs.append(
+            VariantSpec("torch_fp16", "bf16", "torch", "fp16", "checkpoint",
+                        make=on.torch(precision="fp16", channels_last=True))
+        )  # fmt: skip
+    spec = VariantSpec("torch_bf16", "bf16", "torch", "bf16", "checkpoint")
+    supported = torch.cuda.is_bf16_supported() if on.cuda else bf16_hardware
+    if supported:
+        spec.make = on.torch(precision="bf16", channels_last=True)
+    else:
+        spec.skipped = (
+            "the GPU lacks bf16"
+            if on.cuda
+            else "the CPU has no bf16 hardware (neither avx512_bf16 nor amx_bf16): "
+            "autocast would emulate it, slower than fp32"
+        )
+    specs.append(spec)
+    return specs
+
+
+def _openvino_specs(on: _Machine, fp32_onnx, int8_onnx, unavailable) -> list[VariantSpec]:
+    installed, why, caps = openvino_status()
+    specs = []
+    for name, precision, path, artifact in (
+        ("openvino_fp32", "fp32", fp32_onnx, "onnx:fp32"),
+        ("openvino_bf16", "bf16", fp32_onnx, "onnx:fp32"),
+        ("openvino_int8", "int8", int8_onnx, "onnx:int8"),
+    ):
+        spec = VariantSpec(name, "openvino", "openvino", precision, artifact)
+        if not installed:
+            spec.skipped = why
+        elif precision == "bf16" and "BF16" not in caps:
+            spec.skipped = (
+                f"the CPU has no bf16 support (OpenVINO CPU capabilities: "
+                f"{', '.join(sorted(caps))})"
+            )
+        elif path is None:
+            spec.skipped = unavailable or "no INT8 copy was made"
+        else:
+            hint = None if precision == "int8" else precision
+            spec.make = lambda path=path, hint=hint, fp=precision: OpenVino(
+                path,
+                precision=hint,
+                file_precision="int8" if fp == "int8" else "fp32",
+                threads=on.threads,
+                image_size=on.image_size,
+            )
+        specs.append(spec)
     return specs
