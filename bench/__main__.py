@@ -8,86 +8,51 @@ import sys
 
 from rich.console import Console
 
-from bench.config import ConfigError, Recipe, RunOptions, add_dataclass_args, build_configs
+from bench.config import (
+    RUN_FLAGS,
+    SPEED_FLAGS,
+    ConfigError,
+    add_dataclass_args,
+    add_flags,
+    build_configs,
+    speed_command_options,
+)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description="Train, measure and export steel surface defect classifiers (NEU-CLS).",
     )
     sub = p.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_speed(sub)
+    _add_others(sub)
+    return p
 
+
+def _add_run(sub) -> None:
     run = sub.add_parser(
         "run",
         help="train every model with one recipe, report, export the winners to ONNX",
         description="Train, evaluate, measure and export. Re-running the same command resumes.",
     )
     run.add_argument("--config", help="TOML file with recipe/run keys (flag names)")
-    add_dataclass_args(run, RunOptions, title="run")
-    add_dataclass_args(run, Recipe, title="recipe")
+    add_flags(run, RUN_FLAGS)
 
-    speed = sub.add_parser("speed", help="measure torch and ONNX Runtime speed, no training")
-    speed.add_argument("--models", default="all", help="as for run (default: all)")
-    speed.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="input side in pixels (default: the checkpoint's, else 200)",
-    )
-    speed.add_argument("--checkpoint", help="a best.pt to measure instead of random init")
-    speed.add_argument(
-        "--data",
-        help="the checkpoint's dataset (default: $NEU_DATA): INT8 is calibrated on its training "
-        "images and every variant judged on its test images; it must match the dataset and "
-        "split hashes the checkpoint records. Without it the variants are timed, not judged",
-    )
-    speed.add_argument("--num-classes", type=int, default=6, help="head size for random init")
-    speed.add_argument("--out", help="output folder (default runs/speed-<size>px)")
-    speed.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    speed.add_argument("--threads", type=int, help="CPU threads for torch and ONNX Runtime")
-    speed.add_argument(
-        "--ort-providers",
-        help="ONNX Runtime providers to measure, e.g. cpu,cuda,tensorrt. Default: cpu, plus "
-        "cuda and tensorrt when they really run on this machine. Named GPU providers that "
-        "fall back to CPU are an error.",
-    )
-    speed.add_argument("--speed-min-seconds", type=float, default=1.0)
-    speed.add_argument("--speed-min-iters", type=int, default=20)
-    speed.add_argument(
-        "--speed-max-seconds",
-        type=float,
-        default=10.0,
-        help="a case stops after this long per round even below --speed-min-iters "
-        "(at least one sample)",
-    )
-    speed.add_argument(
-        "--strict-providers",
-        action="store_true",
-        help="fail when a GPU provider cannot run every node instead of using the CPU for some",
-    )
-    speed.add_argument(
-        "--speed-rounds",
-        type=int,
-        default=3,
-        help="rounds, alternating runtimes; rows give the median and spread (default 3)",
-    )
 
-    speed.add_argument(
-        "--variants",
-        default="all",
-        help="deployment variants beside torch and ONNX Runtime FP32: all, or a comma list of "
-        "fp32, int8, fp16, bf16, compile, openvino (default: all that apply here)",
+def _add_speed(sub) -> None:
+    speed = sub.add_parser(
+        "speed",
+        help="measure torch and ONNX Runtime speed, no training",
+        description="The speed step and deployment variants of `bench run` on random weights "
+        "or a checkpoint; the flags it shares with `bench run` mean the same.",
     )
-    speed.add_argument(
-        "--calibration-images",
-        type=int,
-        default=256,
-        help="INT8 calibration inputs (synthetic without a dataset)",
-    )
-    speed.add_argument("--fidelity-min-agreement", type=float, default=0.99)
-    speed.add_argument("--fidelity-max-drop-pp", type=float, default=0.5)
+    add_flags(speed, SPEED_FLAGS)
 
+
+def _add_others(sub) -> None:
+    """train-speed, robustness, calibrate, explain, list."""
     from bench.measure.trainspeed import TrainSpeedOptions
 
     ts = sub.add_parser(
@@ -115,7 +80,6 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="the model registry with params and GFLOPs")
     ls.add_argument("--image-size", type=int, default=200)
     ls.add_argument("--num-classes", type=int, default=6)
-    return p
 
 
 def _robustness_parser() -> argparse.ArgumentParser:
@@ -132,7 +96,7 @@ def _robustness_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     light = argv[:1] == ["robustness"] and not {"-h", "--help"} & set(argv)
-    args = (_robustness_parser() if light else _parser()).parse_args(argv)
+    args = (_robustness_parser() if light else build_parser()).parse_args(argv)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     try:
         if args.command == "run":
@@ -189,37 +153,15 @@ def _run(args, console) -> int:
 
 
 def _speed(args, console) -> int:
-    from bench.measurecmd import speed_command
+    from bench.cli.speed import speed_command
     from bench.report.core import print_tables
     from bench.ui import make_reporter
     from exports.runtime import ProviderUnavailableError
 
-    opts = RunOptions(
-        models=args.models,
-        out=args.out,
-        device=args.device,
-        threads=args.threads,
-        speed_min_seconds=args.speed_min_seconds,
-        speed_min_iters=args.speed_min_iters,
-        speed_max_seconds=args.speed_max_seconds,
-        speed_rounds=args.speed_rounds,
-        strict_providers=args.strict_providers,
-        variants=args.variants,
-        calibration_images=args.calibration_images,
-        fidelity_min_agreement=args.fidelity_min_agreement,
-        fidelity_max_drop_pp=args.fidelity_max_drop_pp,
-    )
+    opts = speed_command_options({k: v for k, v in vars(args).items() if k != "command"})
     reporter = make_reporter()
     try:
-        results, out = speed_command(
-            opts,
-            image_size=args.image_size,
-            checkpoint=args.checkpoint,
-            num_classes=args.num_classes,
-            reporter=reporter,
-            ort_providers=args.ort_providers,
-            data=args.data,
-        )
+        results, out = speed_command(opts, reporter)
     except (ValueError, FileNotFoundError, ProviderUnavailableError) as e:
         console.print(f"error: {e}", style="bold red", markup=False)
         return 2

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from bench.measure import Timing
-from bench.measure.deployment import CalibrationData, FidelityData, measure_deployment, recommend
+from bench.measure.deployment import (
+    CalibrationData,
+    FidelityData,
+    SpeedSettings,
+    measure_deployment,
+    recommend,
+)
 from bench.measure.variants import parse_variants
 from exports.export import export_onnx
 from exports.fidelity import FidelityThresholds
@@ -102,18 +108,20 @@ def measured(tmp_path_factory):
             fp32_onnx=fp32,
             work_dir=tmp / "variants",
             image_size=SIZE,
-            device=torch.device("cpu"),
-            threads=1,
-            groups=("fp32", "int8", "fp16", "bf16", "openvino"),
             calibration=CalibrationData(
                 inputs=varied_inputs(8, size=SIZE, seed=9).numpy(), seed=0, source="train split"
             ),
             fidelity=FidelityData(inputs=x, labels=labels, source="test split"),
-            thresholds=FidelityThresholds(),
-            rounds=2,
-            timing=Timing(warmup_iters=1, min_seconds=0.0, min_iters=2),
-            vnni=False,
-            bf16_hardware=False,
+            settings=SpeedSettings(
+                device=torch.device("cpu"),
+                threads=1,
+                groups=("fp32", "int8", "fp16", "bf16", "openvino"),
+                thresholds=FidelityThresholds(),
+                rounds=2,
+                timing=Timing(warmup_iters=1, min_seconds=0.0, min_iters=2),
+                vnni=False,
+                bf16_hardware=False,
+            ),
         )
     finally:
         mp.undo()

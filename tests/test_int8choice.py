@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from bench.measure import Timing
-from bench.measure.deployment import CalibrationData, FidelityData, measure_deployment, recommend
+from bench.measure.deployment import (
+    CalibrationData,
+    FidelityData,
+    SpeedSettings,
+    measure_deployment,
+    recommend,
+)
 from bench.measure.int8choice import (
     Int8Candidate,
     batch32_candidates,
@@ -76,18 +82,20 @@ def _measure(tmp, fidelity, vnni=True):
         fp32_onnx=fp32,
         work_dir=tmp / "variants",
         image_size=SIZE,
-        device=torch.device("cpu"),
-        threads=1,
-        groups=("int8",),
         calibration=CalibrationData(
             inputs=varied_inputs(8, size=SIZE, seed=9).numpy(), seed=0, source="train split"
         ),
         fidelity=fidelity,
-        thresholds=FidelityThresholds(),
-        rounds=1,
-        timing=Timing(warmup_iters=1, min_seconds=0.0, min_iters=2),
-        vnni=vnni,
-        bf16_hardware=False,
+        settings=SpeedSettings(
+            device=torch.device("cpu"),
+            threads=1,
+            groups=("int8",),
+            thresholds=FidelityThresholds(),
+            rounds=1,
+            timing=Timing(warmup_iters=1, min_seconds=0.0, min_iters=2),
+            vnni=vnni,
+            bf16_hardware=False,
+        ),
     )
     return {r["variant"]: r for r in rows}, model
 
@@ -180,7 +188,7 @@ def test_when_every_candidate_fails_percentile_is_tried_and_none_is_chosen(tmp_p
 
 
 def test_a_checkpoint_without_data_is_timed_not_judged(monkeypatch):
-    from bench.measurecmd import _images
+    from bench.cli.speed import _images
 
     monkeypatch.delenv("NEU_DATA", raising=False)
     logged = []

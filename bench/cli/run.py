@@ -409,7 +409,7 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
         from bench.measure.step import measure_speed
 
         t = time.perf_counter()
-        results["speed"] = measure_speed(results, out, ctx, opts, reporter, staged)
+        results.update(measure_speed(results, out, ctx, opts, reporter, staged))
         results["sweep"]["speed_seconds_actual"] = time.perf_counter() - t
         report.write_outputs(out, results)
     if opts.robustness != "none":

@@ -53,6 +53,80 @@ class CalibrationData:
     source: str  # "train split" / "synthetic ..."
 
 
+@dataclass(frozen=True)
+class SpeedSettings:
+    """How every model of one command is timed and judged: the speed flags
+    (bench.config.SpeedOptions) resolved on this machine. Built once (`from_options`) by
+    `bench run`'s speed step or `bench speed` and passed down unchanged."""
+
+    device: torch.device
+    threads: int  # torch's and ONNX Runtime's: --threads, else torch's default
+    groups: tuple[str, ...]  # --variants
+    thresholds: FidelityThresholds
+    rounds: int
+    timing: Timing
+    vnni: bool = False  # which INT8 candidates are made (bench.measure.int8choice)
+    bf16_hardware: bool = False
+    # Also the GPU rows (torch AMP, every ONNX Runtime GPU provider, largest batch): on CUDA
+    # or for providers named on the command line. Without them the variants' own timed cases
+    # are the speed rows, so nothing is measured twice.
+    gpu_rows: bool = False
+    providers: tuple[str, ...] = ("cpu",)  # ONNX Runtime providers of the GPU rows
+    strict_providers: bool = False
+
+    @classmethod
+    def from_options(cls, opts, device, *, gpu_rows=None, providers=None) -> SpeedSettings:
+        """From a bench.config.SpeedOptions (RunOptions, SpeedCommandOptions) and the device;
+        gpu_rows and providers default to what the device has."""
+        from bench.cpu import has_bf16_hardware, has_vnni
+        from bench.measure.variants import parse_variants
+
+        device = torch.device(device)
+        cuda = device.type == "cuda"
+        return cls(
+            device=device,
+            threads=opts.threads or torch.get_num_threads(),
+            groups=parse_variants(opts.variants),
+            thresholds=FidelityThresholds(
+                min_agreement=opts.fidelity_min_agreement,
+                max_accuracy_drop_pp=opts.fidelity_max_drop_pp,
+            ),
+            rounds=opts.speed_rounds,
+            timing=Timing(
+                min_seconds=opts.speed_min_seconds,
+                min_iters=opts.speed_min_iters,
+                max_seconds=opts.speed_max_seconds,
+            ),
+            vnni=has_vnni(),
+            bf16_hardware=has_bf16_hardware(),
+            gpu_rows=cuda if gpu_rows is None else gpu_rows,
+            providers=providers or (("cpu", "cuda", "tensorrt") if cuda else ("cpu",)),
+            strict_providers=opts.strict_providers,
+        )
+
+
+@dataclass
+class _Job:
+    """One model's measurement: what every step of measure_deployment reads."""
+
+    model: torch.nn.Module
+    name: str
+    fp32_onnx: Path
+    work_dir: Path
+    image_size: int
+    calibration: CalibrationData
+    fidelity: FidelityData
+    settings: SpeedSettings
+    log: Callable[[str], None]
+
+    def plan(self, **files) -> list[VariantSpec]:
+        """plan_variants on this machine for these files."""
+        s = self.settings
+        return plan_variants(self.model, fp32_onnx=self.fp32_onnx, device=s.device,
+                             threads=s.threads, image_size=self.image_size,
+                             bf16_hardware=s.bf16_hardware, **files)  # fmt: skip
+
+
 def measure_deployment(
     model: torch.nn.Module,
     *,
@@ -60,16 +134,9 @@ def measure_deployment(
     fp32_onnx: Path,
     work_dir: Path,
     image_size: int,
-    device: torch.device,
-    threads: int,
-    groups: tuple[str, ...],
     calibration: CalibrationData,
     fidelity: FidelityData,
-    thresholds: FidelityThresholds,
-    rounds: int,
-    timing: Timing,
-    vnni: bool,
-    bf16_hardware: bool,
+    settings: SpeedSettings,
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[list[dict], list[dict]]:
     """(deployment rows, speed rows) of one model; see the module docstring.
@@ -77,64 +144,53 @@ def measure_deployment(
     Every variant (INT8 candidates included) is timed at batch 1 in the same interleaved
     rounds; then, in a second interleaved window, every variant but the INT8 candidates
     beyond the fastest two is timed at batch 32 (bench.measure.int8choice)."""
+    job = _Job(model, name, fp32_onnx, work_dir, image_size, calibration, fidelity, settings, log)
     t_step = time.perf_counter()
-    cands, fp16_path, unavailable = _make_copies(
-        fp32_onnx, work_dir, name, groups, calibration, vnni, log
-    )
+    cands, fp16_path, unavailable = _make_copies(job)
     made = [c for c in cands if c.path]
     seconds = {"quantize": time.perf_counter() - t_step}
-    plan = dict(device=device, threads=threads, image_size=image_size,
-                bf16_hardware=bf16_hardware)  # fmt: skip
-    specs = plan_variants(
-        model, groups=groups, fp32_onnx=fp32_onnx,
+    specs = job.plan(
+        groups=settings.groups,
         int8_onnx=made[0].path if made else None,  # OpenVINO runs the ISA's first candidate
         fp16_onnx=fp16_path, int8_unavailable=unavailable,
-        int8_candidates=[(c.slug, c.path) for c in made], **plan,
+        int8_candidates=[(c.slug, c.path) for c in made],
     )  # fmt: skip
     backends: dict[str, object] = {}
     judged: dict[str, dict] = {}
     t0 = time.perf_counter()
-    # torch eager FP32's logits once judged, each variant's provider, where logits are saved
-    ref: dict = {"providers": {}, "work_dir": work_dir}
-    _judge(specs, name, fidelity, thresholds, backends, judged, log, ref)
-    cands += _fallbacks(model, specs, made, judged, backends, ref, fp32_onnx=fp32_onnx,
-                        work_dir=work_dir, name=name, calibration=calibration,
-                        fidelity=fidelity, thresholds=thresholds, plan=plan, log=log)  # fmt: skip
+    ref: dict = {"providers": {}}  # torch eager FP32's logits once judged, each variant's provider
+    _judge(job, specs, backends, judged, ref)
+    cands += _fallbacks(job, specs, made, judged, backends, ref)
     seconds["fidelity"] = time.perf_counter() - t0
     files = {"onnx:fp32": fp32_onnx, "onnx:fp16": fp16_path,
              "onnx:int8": made[0].path if made else None,  # what openvino_int8 runs
              **{f"onnx:int8:{c.slug}": c.path for c in cands}}  # fmt: skip
     stamp_files(files, specs, judged, ref["providers"], fidelity.source, log)
 
-    speed_rows, by_case = _time_cases(
-        backends, specs, judged, fidelity, name=name, image_size=image_size, rounds=rounds,
-        timing=timing, seconds=seconds, log=log,
-    )  # fmt: skip
+    speed_rows, by_case = _time_cases(job, backends, specs, judged, seconds)
     base = by_case.get(("torch_fp32", LATENCY_BATCH))
     rows = [
-        _row(spec, name, by_case.get((spec.name, LATENCY_BATCH)),
-             by_case.get((spec.name, THROUGHPUT_BATCH)), base, judged.get(spec.name), files,
-             fidelity, model)
+        _row(spec, job, by_case.get((spec.name, LATENCY_BATCH)),
+             by_case.get((spec.name, THROUGHPUT_BATCH)), base, judged.get(spec.name), files)
         for spec in specs
     ]  # fmt: skip
-    if made and "int8" in groups:
+    if made and "int8" in settings.groups:
         seconds["step"] = time.perf_counter() - t_step
-        _choose(rows, speed_rows, cands, name=name, work_dir=work_dir, fidelity=fidelity,
-                seconds=seconds, log=log)  # fmt: skip
+        _choose(job, rows, speed_rows, cands, seconds)
     return rows, speed_rows
 
 
-def _make_copies(fp32_onnx, work_dir, name, groups, calibration, vnni, log):
+def _make_copies(job: _Job):
     """(INT8 candidates, FP16 file or None, why a copy is unavailable or None)."""
     from bench.measure.int8choice import make_candidates
     from exports.quantize import QuantizationError, convert_fp16, int8_candidates
 
+    fp32_onnx, work_dir, name, groups = job.fp32_onnx, job.work_dir, job.name, job.settings.groups
     work_dir.mkdir(parents=True, exist_ok=True)
     cands, unavailable = [], None
     if {"int8", "openvino"} & set(groups):
-        cands = make_candidates(
-            fp32_onnx, work_dir, name, calibration, int8_candidates(vnni=vnni), log
-        )
+        cands = make_candidates(fp32_onnx, work_dir, name, job.calibration,
+                                int8_candidates(vnni=job.settings.vnni), job.log)  # fmt: skip
         if not any(c.path for c in cands):
             unavailable = "INT8 quantization failed: " + "; ".join(c.error for c in cands)
     fp16_path = None
@@ -147,37 +203,37 @@ def _make_copies(fp32_onnx, work_dir, name, groups, calibration, vnni, log):
     return cands, fp16_path, unavailable
 
 
-def _fallbacks(model, specs, made, judged, backends, ref, *, fp32_onnx, work_dir, name,
-               calibration, fidelity, thresholds, plan, log) -> list:  # fmt: skip
+def _fallbacks(job: _Job, specs, made, judged, backends, ref) -> list:
     """MinMax candidates that failed fidelity get a Percentile-calibrated version of the same
     settings, judged like the rest and placed after the last candidate in `specs`. Only with
     real images: without a judgement there is nothing to fall back from."""
     from bench.measure.int8choice import fallback_settings, make_candidates
 
-    wanted = [] if fidelity.not_judged else fallback_settings(made, judged)
-    extra = make_candidates(fp32_onnx, work_dir, name, calibration, wanted, log)
+    wanted = [] if job.fidelity.not_judged else fallback_settings(made, judged)
+    extra = make_candidates(job.fp32_onnx, job.work_dir, job.name, job.calibration, wanted,
+                            job.log)  # fmt: skip
     ok = [(c.slug, c.path) for c in extra if c.path]
     if not ok:
         return extra
-    more = plan_variants(model, groups=("int8",), fp32_onnx=fp32_onnx, int8_onnx=None,
-                         fp16_onnx=None, int8_candidates=ok, **plan)[2:]  # fmt: skip
+    more = job.plan(groups=("int8",), int8_onnx=None, fp16_onnx=None, int8_candidates=ok)[2:]
     last = max(i for i, s in enumerate(specs) if s.candidate) + 1
     specs[last:last] = more
-    _judge(more, name, fidelity, thresholds, backends, judged, log, ref)
+    _judge(job, more, backends, judged, ref)
     return extra
 
 
-def _choose(rows, speed_rows, cands, *, name, work_dir, fidelity, seconds, log) -> None:
+def _choose(job: _Job, rows, speed_rows, cands, seconds) -> None:
     """bench.measure.int8choice.apply_choice, then the speed rows follow the chosen row's new name,
     or an `ort_int8` row says that no candidate passed."""
     from bench.cpu import isa_class
     from bench.measure.int8choice import apply_choice
 
+    name, work_dir = job.name, job.work_dir
     choice = apply_choice(
         rows, cands, name=name, work_dir=work_dir, isa_class=isa_class(),
         step_seconds={k: round(v, 1) for k, v in seconds.items()},
     )  # fmt: skip
-    log(f"[{name}] INT8: {choice['why']} ({seconds['step']:.0f} s for the step)")
+    job.log(f"[{name}] INT8: {choice['why']} ({seconds['step']:.0f} s for the step)")
     if choice["chosen"]:
         for d in speed_rows:
             if d["variant"] == f"ort_int8_{choice['chosen']}":
@@ -187,22 +243,23 @@ def _choose(rows, speed_rows, cands, *, name, work_dir, fidelity, seconds, log) 
             _save_logits(work_dir / "ort_int8.fidelity_logits.npy", np.load(saved))
         return
     last = max(i for i, r in enumerate(rows) if r.get("candidate"))
-    rows.insert(last + 1, _skipped_int8(name, choice, fidelity))
+    rows.insert(last + 1, _skipped_int8(name, choice, job.fidelity))
 
 
-def _judge(specs, name, fidelity, thresholds, backends, judged, log, ref: dict) -> None:
+def _judge(job: _Job, specs, backends, judged, ref: dict) -> None:
     """Build each runnable spec's backend and compare its logits on the fidelity images with
     torch eager FP32's (the first spec); a variant that fails to build or run is skipped
     with the reason, alone."""
+    fidelity, thresholds = job.fidelity, job.settings.thresholds
     for spec in specs:
         if spec.make is None:
             continue
-        log(f"[{name}] {spec.name}: building, then fidelity on {fidelity.source}")
+        job.log(f"[{job.name}] {spec.name}: building, then fidelity on {fidelity.source}")
         try:
             backend = spec.make()
             logits = _logits(backend, fidelity.inputs)
             if fidelity.labels is not None:  # bench.release.calibrate scores the variant on these
-                _save_logits(ref["work_dir"] / f"{spec.name}.fidelity_logits.npy", logits)
+                _save_logits(job.work_dir / f"{spec.name}.fidelity_logits.npy", logits)
             # torch_fp32 comes first: its logits are the reference of every comparison
             # (kept in `ref`, so the fallbacks judged later compare with the same).
             reference = ref.setdefault("logits", logits)
@@ -217,12 +274,13 @@ def _judge(specs, name, fidelity, thresholds, backends, judged, log, ref: dict) 
         backends[spec.name] = backend
 
 
-def _time_cases(backends, specs, judged, fidelity, *, name, image_size, rounds, timing,
-                seconds, log):  # fmt: skip
+def _time_cases(job: _Job, backends, specs, judged, seconds):
     """Batch 1 for every variant in interleaved rounds, then batch 32 for all but the INT8
     candidates beyond the fastest two. Returns (speed rows, {(variant, batch): row})."""
     from bench.measure.int8choice import batch32_candidates
 
+    name, log, fidelity = job.name, job.log, job.fidelity
+    rounds, timing = job.settings.rounds, job.settings.timing
     speed_rows, by_case = [], {}
 
     def window(named, batch, label):
@@ -234,7 +292,7 @@ def _time_cases(backends, specs, judged, fidelity, *, name, image_size, rounds, 
                 log(f"[{name}] b{batch} round {r + 1}/{rounds} ({time.perf_counter() - t0:.0f} s)")
 
         measured = run_interleaved(
-            [c for _, c in named], model=name, image_size=image_size, rounds=rounds,
+            [c for _, c in named], model=name, image_size=job.image_size, rounds=rounds,
             timing=timing, on_case=progress,
         )  # fmt: skip
         for (variant, case), row in zip(named, measured, strict=True):
@@ -332,12 +390,28 @@ def _save_logits(path: Path, logits: np.ndarray) -> None:
         np.save(f, np.asarray(logits, np.float32))
 
 
-def _row(spec: VariantSpec, name, lat, thr, ref, fid, files, fidelity, model) -> dict:
+def _row(spec: VariantSpec, job: _Job, lat, thr, base, fid, files) -> dict:
+    """One variant's deployment row: what it is and ships, then its fidelity figures (fid),
+    its batch-1 latency (lat, against torch eager FP32's: base) and batch-32 throughput."""
+    row = _blank_row(spec, job.name, _size_mb(spec, files, job.model), job.fidelity)
+    if fid is not None:
+        _add_fidelity(row, fid, job.fidelity)
+    if lat is not None:
+        _add_latency(row, lat, base)
+    if thr is not None and not thr.get("error"):
+        row["throughput_img_s"] = thr.get("throughput_img_s")
+    return row
+
+
+def _size_mb(spec: VariantSpec, files: dict, model: torch.nn.Module) -> float:
     artifact = files.get(spec.artifact) if spec.artifact.startswith("onnx") else None
     if artifact is not None:
-        size = file_size_mb(artifact)
-    else:  # torch variants ship the fp32 weights (the checkpoint's state_dict)
-        size = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6
+        return file_size_mb(artifact)
+    # torch variants ship the fp32 weights (the checkpoint's state_dict)
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6
+
+
+def _blank_row(spec: VariantSpec, name: str, size_mb: float, fidelity: FidelityData) -> dict:
     row = {
         "model": name,
         "variant": spec.name,
@@ -353,7 +427,7 @@ def _row(spec: VariantSpec, name, lat, thr, ref, fid, files, fidelity, model) ->
         "rounds": None,
         "throughput_batch_size": THROUGHPUT_BATCH,
         "throughput_img_s": None,
-        "size_mb": round(size, 3),
+        "size_mb": round(size_mb, 3),
         "artifact": spec.artifact,
         "fidelity_images": len(fidelity.inputs),
         "fidelity_source": fidelity.source,
@@ -371,39 +445,40 @@ def _row(spec: VariantSpec, name, lat, thr, ref, fid, files, fidelity, model) ->
     }
     if spec.candidate:
         row["candidate"] = spec.candidate
-    if fid is not None:
-        row.update(
-            agreement=fid["agreement"],
-            test_accuracy=fid["test_accuracy"],
-            accuracy_delta_pp=fid["accuracy_delta_pp"],
-            max_abs_logit_diff=fid["max_abs_logit_diff"],
-            passed=fid["passed"],
-            fidelity_rule=fid["rule"],
-            fidelity_failures=fid["failures"],
-            precision=fid["precision"],
-            fidelity="passed" if fid["passed"] else "failed",
-        )
-        if fidelity.not_judged:  # figures kept for the record, never a verdict
-            row.update(passed=None, fidelity=f"not judged ({fidelity.not_judged})",
-                       fidelity_failures=[])  # fmt: skip
-    if lat is not None:
-        row["provider"] = lat.get("provider")
-        row["threads"] = lat.get("threads")
-        if lat.get("compile_seconds_by_batch"):
-            row["compile_seconds_by_batch"] = lat["compile_seconds_by_batch"]
-        if lat.get("inference_precision"):
-            row["inference_precision"] = lat["inference_precision"]
-        if lat.get("error"):
-            row["error"] = lat["error"]
-            row["passed"] = None if row["passed"] is None else False
-        else:
-            for k in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "p50_spread_pct",
-                      "rounds"):  # fmt: skip
-                row[k] = lat.get(k)
-            row["speedup_vs_torch_fp32"] = _ratio(ref, lat)
-    if thr is not None and not thr.get("error"):
-        row["throughput_img_s"] = thr.get("throughput_img_s")
     return row
+
+
+def _add_fidelity(row: dict, fid: dict, fidelity: FidelityData) -> None:
+    row.update(
+        agreement=fid["agreement"],
+        test_accuracy=fid["test_accuracy"],
+        accuracy_delta_pp=fid["accuracy_delta_pp"],
+        max_abs_logit_diff=fid["max_abs_logit_diff"],
+        passed=fid["passed"],
+        fidelity_rule=fid["rule"],
+        fidelity_failures=fid["failures"],
+        precision=fid["precision"],
+        fidelity="passed" if fid["passed"] else "failed",
+    )
+    if fidelity.not_judged:  # figures kept for the record, never a verdict
+        row.update(passed=None, fidelity=f"not judged ({fidelity.not_judged})",
+                   fidelity_failures=[])  # fmt: skip
+
+
+def _add_latency(row: dict, lat: dict, base: dict | None) -> None:
+    row["provider"] = lat.get("provider")
+    row["threads"] = lat.get("threads")
+    if lat.get("compile_seconds_by_batch"):
+        row["compile_seconds_by_batch"] = lat["compile_seconds_by_batch"]
+    if lat.get("inference_precision"):
+        row["inference_precision"] = lat["inference_precision"]
+    if lat.get("error"):
+        row["error"] = lat["error"]
+        row["passed"] = None if row["passed"] is None else False
+        return
+    for k in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "p50_spread_pct", "rounds"):
+        row[k] = lat.get(k)
+    row["speedup_vs_torch_fp32"] = _ratio(base, lat)
 
 
 def _ratio(base: dict | None, row: dict) -> float | None:
@@ -491,6 +566,8 @@ def plot_pareto(rows: Sequence[dict], path: Path) -> Path | None:
             "provider": r["provider"],
             "precision": "fp32",  # the variant name already says it
             "latency_ms_p50": r["latency_ms_p50"],
+            # plot_accuracy_vs_latency's accuracy field; here the accuracy on the fidelity
+            # images (the test split), as the y label says
             "val_accuracy": r["test_accuracy"],
         }
         for r in candidates(rows)

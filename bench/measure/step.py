@@ -2,9 +2,10 @@
 
 `measure_model` times and judges one model (torch eager and ONNX Runtime FP32 always, the
 deployment variants of --variants, the GPU rows on CUDA) in one interleaved window;
-`measure_speed` runs it for each model's best seed after `bench run` trains. `bench speed`
-(bench.measurecmd) calls the same `measure_model` without training; the export step that
-follows a run is bench.release.export.
+`measure_speed` runs it for each model's best seed after `bench run` trains and returns the
+speed step's section of results.json (`speed_section`). `bench speed` (bench.cli.speed) calls
+the same `measure_model` without training; the export step that follows a run is
+bench.release.export.
 """
 
 from __future__ import annotations
@@ -56,16 +57,10 @@ def row_metadata(meta: dict, row: dict) -> dict:
     )
 
 
-def _timing(opts) -> speed.Timing:
-    return speed.Timing(
-        min_seconds=opts.speed_min_seconds,
-        min_iters=opts.speed_min_iters,
-        max_seconds=opts.speed_max_seconds,
-    )
-
-
-def measure_speed(results: dict, out: Path, ctx, opts, reporter, staged=None) -> list[dict]:
-    """Training row + every inference row of each model's best seed.
+def measure_speed(results: dict, out: Path, ctx, opts, reporter, staged=None) -> dict:
+    """The speed step's section of results.json: training row + every inference row of each
+    model's best seed (`speed`), the deployment rows, their ratios and recommendation
+    (speed_section). results itself is only read.
 
     The checkpoint is exported to ONNX first (out/variants/<model>/<model>.onnx, where its
     INT8/FP16 copies are made) so that torch and ONNX Runtime are measured in the same
@@ -73,138 +68,97 @@ def measure_speed(results: dict, out: Path, ctx, opts, reporter, staged=None) ->
     file, for the export step to move into exports/ rather than export the same checkpoint
     with the same metadata a second time (a minute per large model on a CPU).
     """
-    from exports.export import export_onnx
+    from bench.measure.deployment import SpeedSettings
 
-    rows = []
-    results["deployment"] = []
-    providers = ("cpu", "cuda", "tensorrt") if ctx.device.type == "cuda" else ("cpu",)
+    settings = SpeedSettings.from_options(opts, ctx.device)
+    rows, deployment = [], []
     for name, row in best_rows(results).items():
         rows.append(training_row(row, ctx))
-        ckpt = out / row["checkpoint"]
-        model, meta = load_checkpoint(ckpt)
+        model, meta = load_checkpoint(out / row["checkpoint"])
         try:
-            onnx_path = out / "variants" / name / f"{name}.onnx"
-            reporter.log(f"[{name}] exporting to ONNX for the speed rounds ({onnx_path})")
-            export_onnx(
-                model, onnx_path, metadata=row_metadata(meta, row), image_size=meta["image_size"]
-            )
-            if staged is not None:
-                staged[name] = onnx_path
-            reporter.log(
-                f"[{name}] measuring deployment variants ({opts.variants}) on "
-                f"{ctx.device}, {opts.speed_rounds} interleaved rounds"
-            )
-            speed_rows, dep_rows, notes = measure_model(
-                model,
-                name=name,
-                onnx_path=onnx_path,
-                out=out,
-                image_size=ctx.recipe.image_size,
-                device=ctx.device,
-                providers=providers,
-                gpu_rows=ctx.device.type == "cuda",
-                opts=opts,
-                calibration=_train_calibration(ctx, opts),
-                fidelity=_fidelity_images(ctx),
-                log=reporter.log,
-            )
-            for note in notes:  # GPU provider not really usable: say so, never mislabel
-                reporter.log(note)
+            speed_rows, dep_rows = _measure_best(model, meta, row, out, ctx, opts, settings,
+                                                 reporter, staged)  # fmt: skip
             rows += speed_rows
-            results["deployment"] += dep_rows
+            deployment += dep_rows
         except Exception as e:  # a speed failure is recorded, never fatal to the results
             rows.append({"model": name, "runtime": "torch", "error": f"{type(e).__name__}: {e}"})
         del model
-    results["speed_ratios"] = speed.speedup(rows)
-    recommend_into(results, out)
-    return rows
+    return speed_section(rows, deployment, out)
+
+
+def _measure_best(model, meta, row, out, ctx, opts, settings, reporter, staged):
+    """(speed rows, deployment rows) of one model's shipped checkpoint (its best seed)."""
+    from exports.export import export_onnx
+
+    name = row["model"]
+    onnx_path = out / "variants" / name / f"{name}.onnx"
+    reporter.log(f"[{name}] exporting to ONNX for the speed rounds ({onnx_path})")
+    export_onnx(model, onnx_path, metadata=row_metadata(meta, row), image_size=meta["image_size"])
+    if staged is not None:
+        staged[name] = onnx_path
+    reporter.log(
+        f"[{name}] measuring deployment variants ({opts.variants}) on "
+        f"{ctx.device}, {opts.speed_rounds} interleaved rounds"
+    )
+    speed_rows, dep_rows, notes = measure_model(
+        model,
+        name=name,
+        onnx_path=onnx_path,
+        out=out,
+        image_size=ctx.recipe.image_size,
+        settings=settings,
+        calibration=_train_calibration(ctx, opts),
+        fidelity=_fidelity_images(ctx),
+        log=reporter.log,
+    )
+    for note in notes:  # GPU provider not really usable: say so, never mislabel
+        reporter.log(note)
+    return speed_rows, dep_rows
 
 
 def measure_model(
-    model,
-    *,
-    name,
-    onnx_path,
-    out,
-    image_size,
-    device,
-    providers,
-    gpu_rows,
-    opts,
-    calibration,
-    fidelity,
-    log,
+    model, *, name, onnx_path, out, image_size, settings, calibration, fidelity, log
 ) -> tuple[list[dict], list[dict], list[str]]:
-    """(speed rows, deployment rows, notes) of one model.
+    """(speed rows, deployment rows, notes) of one model, as `settings`
+    (bench.measure.deployment.SpeedSettings) say.
 
-    gpu_rows: also the GPU rows (torch AMP, every ONNX Runtime GPU provider, largest
+    settings.gpu_rows: also the GPU rows (torch AMP, every ONNX Runtime GPU provider, largest
     batch) on CUDA or for explicitly named providers; the deployment variants (torch eager and
     ORT FP32 among them, all in one window) always. On a plain CPU run the variants' own
     timed cases are the speed rows, so nothing is measured twice.
     """
+    from bench.measure.deployment import measure_deployment
+
     notes: list[str] = []
     rows: list[dict] = []
-    if gpu_rows:
-        log(f"[{name}] measuring torch and onnxruntime providers on {device}")
+    if settings.gpu_rows:
+        log(f"[{name}] measuring torch and onnxruntime providers on {settings.device}")
         rows += speed.speed_rows_for_model(
             model,
             name=name,
             image_size=image_size,
             onnx_path=onnx_path,
-            device=device,
+            device=settings.device,
             batch_sizes=BATCH_SIZES,
-            providers=providers,
-            threads=opts.threads,
-            rounds=opts.speed_rounds,
-            timing=_timing(opts),
+            providers=settings.providers,
+            threads=settings.threads,
+            rounds=settings.rounds,
+            timing=settings.timing,
             notes=notes,
-            strict_providers=opts.strict_providers,
+            strict_providers=settings.strict_providers,
         )
-    dep_rows, dep_speed = measure_variants(
+    dep_rows, dep_speed = measure_deployment(
         model,
         name=name,
         fp32_onnx=onnx_path,
         work_dir=out / "variants" / name,
         image_size=image_size,
-        device=device,
-        opts=opts,
         calibration=calibration,
         fidelity=fidelity,
+        settings=settings,
         log=log,
     )
-    return (rows if gpu_rows else dep_speed), dep_rows, notes
-
-
-def measure_variants(
-    model, *, name, fp32_onnx, work_dir, image_size, device, opts, calibration, fidelity, log
-) -> tuple[list[dict], list[dict]]:
-    """bench.measure.deployment.measure_deployment with the run's flags and this CPU's ISA."""
-    from bench.cpu import has_bf16_hardware, has_vnni
-    from bench.measure.deployment import measure_deployment
-    from bench.measure.variants import parse_variants
-    from exports.fidelity import FidelityThresholds
-
-    return measure_deployment(
-        model,
-        name=name,
-        fp32_onnx=fp32_onnx,
-        work_dir=work_dir,
-        image_size=image_size,
-        device=torch.device(device),
-        threads=opts.threads or torch.get_num_threads(),
-        groups=parse_variants(opts.variants),
-        calibration=calibration,
-        fidelity=fidelity,
-        thresholds=FidelityThresholds(
-            min_agreement=opts.fidelity_min_agreement,
-            max_accuracy_drop_pp=opts.fidelity_max_drop_pp,
-        ),
-        rounds=opts.speed_rounds,
-        timing=_timing(opts),
-        vnni=has_vnni(),
-        bf16_hardware=has_bf16_hardware(),
-        log=log,
-    )
+    return (rows if settings.gpu_rows else dep_speed), dep_rows, notes
 
 
 def _train_calibration(ctx, opts):
@@ -256,19 +210,24 @@ def training_row(row: dict, ctx) -> dict:
     }
 
 
-def recommend_into(results: dict, out: Path) -> None:
-    """results["recommendation"] (fastest passing variant per model, Pareto) and its plot."""
+def speed_section(speed_rows: list[dict], deployment: list[dict], out: Path) -> dict:
+    """The keys a speed measurement owns in results.json: its rows (`speed`, `deployment`),
+    `speed_ratios`, and with deployment rows the recommendation (fastest passing variant per
+    model, Pareto), `int8_choice`, and the Pareto plot (`deployment_plot`, or its entry of the
+    `plot_errors` log)."""
     from bench.measure.deployment import plot_pareto, recommend
 
-    rows = results.get("deployment") or []
-    if not rows:
-        return
-    results["recommendation"] = recommend(rows)
-    choices = {r["model"]: r["int8_choice"] for r in rows if r.get("int8_choice")}
+    section = {"speed": speed_rows, "deployment": deployment,
+               "speed_ratios": speed.speedup(speed_rows)}  # fmt: skip
+    if not deployment:
+        return section
+    section["recommendation"] = recommend(deployment)
+    choices = {r["model"]: r["int8_choice"] for r in deployment if r.get("int8_choice")}
     if choices:  # the chosen INT8 settings and why, per model (bench.measure.int8choice)
-        results["int8_choice"] = choices
+        section["int8_choice"] = choices
     try:
-        if plot_pareto(rows, out / "deployment_pareto.png"):
-            results["deployment_plot"] = "deployment_pareto.png"
+        if plot_pareto(deployment, out / "deployment_pareto.png"):
+            section["deployment_plot"] = "deployment_pareto.png"
     except Exception as e:  # a picture must never cost the run its numbers and exports
-        results.setdefault("plot_errors", []).append(f"deployment Pareto: {type(e).__name__}: {e}")
+        section["plot_errors"] = [f"deployment Pareto: {type(e).__name__}: {e}"]
+    return section
