@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import bench.cli.run as bench_run
+import bench.train.sweep as bench_sweep
 from bench.amp import resolve_precision
 from bench.config import Recipe, RunOptions
 from bench.registry import build_model
@@ -199,14 +200,14 @@ def test_run_started_before_amp_choices_still_resumes(data, finished, tmp_path):
 
 
 def test_one_failure_is_recorded_and_the_sweep_continues(data, tmp_path, monkeypatch):
-    real = bench_run.train_one
+    real = bench_sweep.train_one
 
     def flaky(name, *a, **k):
         if name == "resnet18":
             raise RuntimeError("CUDA out of memory (simulated)")
         return real(name, *a, **k)
 
-    monkeypatch.setattr(bench_run, "train_one", flaky)
+    monkeypatch.setattr(bench_sweep, "train_one", flaky)
     opts = tiny_opts(data, tmp_path, models=f"resnet18,{MODEL}")
     results, code = bench_run.run(tiny_recipe(epochs=1), opts, NullReporter())
     assert code == 1
@@ -331,7 +332,7 @@ def test_pipeline_efficiency_splits_the_real_steps_into_data_and_compute(
 def test_sweep_estimate_is_recorded_once_and_scaled_by_gflops():
     info = {"a": {"gflops": 1.0}, "b": {"gflops": 3.0}}
     record = {}
-    estimate = bench_run._estimator(info, {"a": 2, "b": 2}, record)
+    estimate = bench_sweep.estimator(info, {"a": 2, "b": 2}, record)
     text = estimate("a", 2.0, 10, 3)  # 60 s for a; b has 3x the FLOPs; two seeds each
     assert "whole sweep ~8.0 min" in text  # a quick sweep's 0.4 min once printed as "~0 min"
     assert record["train_seconds_expected"] == pytest.approx((60 + 180) * 2)
@@ -343,7 +344,7 @@ def test_sweep_estimate_is_recorded_once_and_scaled_by_gflops():
 def test_sweep_estimate_leaves_out_runs_finished_earlier():
     # A resumed sweep whose "b" runs are done: only a's two runs remain (120 s), not 480 s.
     record = {}
-    estimate = bench_run._estimator(
+    estimate = bench_sweep.estimator(
         {"a": {"gflops": 1.0}, "b": {"gflops": 3.0}}, {"a": 2, "b": 0}, record
     )
     estimate("a", 2.0, 10, 3)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -21,9 +20,12 @@ from bench.device import pick_device
 from bench.device import utc_now as _now
 from bench.registry import build_model, resolve_models, resolve_weights
 from bench.report import core as report
-from bench.summary import summarize, summarize_models
+from bench.summary import summarize
 from bench.train.distributed import setup, teardown
-from bench.train.loop import Context, train_one
+from bench.train.folds import place_folds
+from bench.train.sweep import Sweep
+from bench.ui import NullReporter
+from neu.split import save_manifest
 
 SCHEMA_VERSION = 1
 
@@ -191,21 +193,6 @@ def legacy_fingerprints(recipe: Recipe, ds, splits, precision: str, device) -> s
     }
 
 
-def failed_row(name: str, seed: int, error: BaseException, weights: str, fold=None) -> dict:
-    return {
-        "model": name,
-        "seed": seed,
-        "fold": fold,
-        "status": "failed",
-        "error": f"{type(error).__name__}: {error}",
-        "weights": weights,
-        "val_accuracy": None,
-        "test_accuracy": None,
-        "test_macro_f1": None,
-        "train_seconds": None,
-    }
-
-
 def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
     """The whole `bench run`. Returns (results, exit code)."""
     started = time.perf_counter()
@@ -214,77 +201,38 @@ def run(recipe: Recipe, opts: RunOptions, reporter) -> tuple[dict, int]:
         from bench.train.tblog import summary_writer_class
 
         summary_writer_class()  # not installed: a clear error now, not after loading data
-    seeds = opts.seed_list
     # Under torchrun: join its process group (one GPU per local rank, or gloo on CPU).
     d, dist_device = setup(opts.device, opts.dist_timeout_s)
     try:
-        return _run(recipe, opts, reporter, d, dist_device, names, seeds, started)
+        if not d.is_main:
+            reporter = NullReporter()  # rank 0 speaks for the run
+        device = dist_device or pick_device(opts.device)
+        configure_torch(opts, device)
+        out, results, sweep = prepare(recipe, opts, names, device, d, reporter)
+        sweep.run(results)
+        if not d.is_main:  # speed, export and the report are rank 0's, without collectives
+            return results, 0
+        return _after_training(results, out, sweep.folds, opts, sweep.reporter, started)
     finally:
         teardown(d)
 
 
-def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
-    from bench import measure as speed
-    from neu.split import save_manifest
-
-    if not d.is_main:
-        from bench.ui import NullReporter
-
-        reporter = NullReporter()  # rank 0 speaks for the run
-    device = dist_device or pick_device(opts.device)
-    configure_torch(opts, device)
-
-    # Rank 0 decodes (and caches) first; the others then read its cache.
-    if d.is_main:
-        ds, splits = load_data(recipe, opts)
-    d.barrier()
-    if not d.is_main:
-        ds, splits = load_data(recipe, opts)
+def prepare(recipe: Recipe, opts: RunOptions, names, device, d, reporter):
+    """Everything before the first epoch -> (--out, results.json so far, the Sweep): data and
+    split manifests, the resume check, weights and model sizes, the placed folds."""
+    ds, splits = _load_data_in_rank_order(recipe, opts, d)
     name = opts.name or default_name(recipe, opts, names)
     out = Path(opts.out or Path("runs") / name)
     out.mkdir(parents=True, exist_ok=True)
     if opts.tensorboard and d.is_main:  # rank 0 alone writes files
-        from bench.train.tblog import TensorBoardReporter
-
-        reporter = TensorBoardReporter(reporter, out / "tensorboard")
-        reporter.log(f"TensorBoard curves: tensorboard --logdir {out / 'tensorboard'}")
+        reporter = _tensorboard(reporter, out)
     precision = resolve_precision(device, recipe.amp)
-    fingerprint = recipe_fingerprint(recipe, ds, splits, precision.name)
-    accepted = {fingerprint} | legacy_fingerprints(recipe, ds, splits, precision.name, device)
-    previous = out / "results.json"
-    if previous.exists():
-        old = json.loads(previous.read_text())
-        if old.get("recipe_hash") in accepted:
-            fingerprint = old["recipe_hash"]  # an older version's run keeps its hash
-        else:
-            raise ConfigError(
-                f"--out {out} holds a run with another recipe, precision or dataset "
-                f"({old.get('recipe_hash')} != {fingerprint}); pick a new --out/--name "
-                "or delete that folder"
-            )
+    fingerprint, accepted, previous = _fingerprint_for(out, recipe, ds, splits, precision, device)
     if d.is_main:
         for split in splits:
             save_manifest(split, ds, out / manifest_name(split))
-
-    # Weights are settled for every model before the first epoch: a missing file fails now.
-    weights = {n: resolve_weights(n, recipe.weights) for n in names}
-    for n, w in weights.items():
-        if recipe.weights == "auto" and w == "none":
-            reporter.warn(
-                f"{n}: ImageNet weights cannot be obtained here; training FROM SCRATCH "
-                "(lr 1e-3). Put the torchvision weights file in $TORCH_HOME/hub/checkpoints "
-                "to fine-tune instead."
-            )
-    model_info = {}
-    for n in names:
-        try:
-            m = build_model(n, num_classes=len(ds.classes))
-            model_info[n] = {
-                "params_m": speed.count_params(m) / 1e6,
-                "gflops": speed.count_gflops(m, recipe.image_size),
-            }
-        except Exception as e:  # recorded in the model's row when its training fails too
-            model_info[n] = {"params_m": None, "gflops": None, "error": f"{e}"}
+    weights = _weights(names, recipe, reporter)
+    model_info = _model_info(names, len(ds.classes), recipe.image_size)
     if device.type == "cpu":
         reporter.warn(
             "no CUDA device: training on CPU. A full --models all run at 200 px takes hours "
@@ -292,18 +240,8 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
             "first batches."
         )
     reporter.log(f"training precision: {precision.name} ({precision.reason})")
-
-    env = speed.environment()
     results = {
-        "schema_version": SCHEMA_VERSION,
-        "name": name,
-        "quick": opts.quick,
-        "created": _now(),
-        "recipe": to_dict(recipe),
-        "run": to_dict(opts),
-        "recipe_hash": fingerprint,
-        "environment": {**env, "device": _device_name(device, env)},
-        "dataset": dataset_record(ds, splits),
+        **_header(name, recipe, opts, fingerprint, device, ds, splits),
         "weights": weights,
         "precision": {"amp": precision.name, "amp_reason": precision.reason},
         "compile": opts.compile,
@@ -313,92 +251,120 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
         "speed": [],
         "exports": [],
     }
-    if previous.exists():  # keep what a previous attempt measured
-        results["created"] = old.get("created", results["created"])
+    if previous is not None:  # keep what a previous attempt measured
+        results["created"] = previous.get("created", results["created"])
+    folds = place_folds(ds, splits, recipe, device, deterministic=opts.deterministic,
+                        compile=opts.compile, data_placement=opts.data_placement,
+                        memory_budget_mb=opts.memory_budget_mb, dist=d)  # fmt: skip
+    _record_placement(results, folds, d, device, recipe.batch_size, reporter)
+    save = (lambda r: report.write_outputs(out, r)) if d.is_main else (lambda r: None)
+    sweep = Sweep(out=out, folds=folds, names=names, seeds=opts.seed_list, weights=weights,
+                  model_info=model_info, recipe_hash=fingerprint, accepted_hashes=accepted,
+                  reporter=reporter, save=save)  # fmt: skip
+    return out, results, sweep
 
-    # One Context per fold (one in all without --folds); the first places the images (GPU,
-    # RAM or the cache's map) and the others share them.
-    contexts: dict = {}
-    for split in splits:
-        contexts[split.fold] = Context(
-            ds,
-            split,
-            recipe,
-            device,
-            deterministic=opts.deterministic,
-            compile=opts.compile,
-            data_placement=opts.data_placement,
-            memory_budget_mb=opts.memory_budget_mb,
-            dist=d,
-            images_from=next(iter(contexts.values()), None),
+
+def _load_data_in_rank_order(recipe: Recipe, opts: RunOptions, d):
+    """load_data; under torchrun rank 0 decodes (and caches) first, the others then read its
+    cache."""
+    if d.is_main:
+        ds, splits = load_data(recipe, opts)
+    d.barrier()
+    if not d.is_main:
+        ds, splits = load_data(recipe, opts)
+    return ds, splits
+
+
+def _tensorboard(reporter, out: Path):
+    from bench.train.tblog import TensorBoardReporter
+
+    reporter = TensorBoardReporter(reporter, out / "tensorboard")
+    reporter.log(f"TensorBoard curves: tensorboard --logdir {out / 'tensorboard'}")
+    return reporter
+
+
+def _fingerprint_for(out: Path, recipe: Recipe, ds, splits, precision, device):
+    """(the run's recipe fingerprint, every fingerprint whose checkpoints resume, the previous
+    results.json or None). A folder holding a run of another recipe, precision or dataset is
+    refused; one started by an older version keeps that version's fingerprint."""
+    fingerprint = recipe_fingerprint(recipe, ds, splits, precision.name)
+    accepted = {fingerprint} | legacy_fingerprints(recipe, ds, splits, precision.name, device)
+    previous = out / "results.json"
+    if not previous.exists():
+        return fingerprint, accepted, None
+    old = json.loads(previous.read_text())
+    if old.get("recipe_hash") not in accepted:
+        raise ConfigError(
+            f"--out {out} holds a run with another recipe, precision or dataset "
+            f"({old.get('recipe_hash')} != {fingerprint}); pick a new --out/--name "
+            "or delete that folder"
         )
-    ctx = contexts[splits[0].fold]
+    return old["recipe_hash"], accepted, old
+
+
+def _weights(names: list[str], recipe: Recipe, reporter) -> dict[str, str]:
+    """model -> the weights it starts from, settled before the first epoch: a missing file
+    fails now."""
+    weights = {n: resolve_weights(n, recipe.weights) for n in names}
+    for n, w in weights.items():
+        if recipe.weights == "auto" and w == "none":
+            reporter.warn(
+                f"{n}: ImageNet weights cannot be obtained here; training FROM SCRATCH "
+                "(lr 1e-3). Put the torchvision weights file in $TORCH_HOME/hub/checkpoints "
+                "to fine-tune instead."
+            )
+    return weights
+
+
+def _model_info(names: list[str], num_classes: int, image_size: int) -> dict[str, dict]:
+    """model -> params_m, gflops (results.json `models`, and every row of the model)."""
+    from bench import measure as speed
+
+    info = {}
+    for n in names:
+        try:
+            m = build_model(n, num_classes=num_classes)
+            info[n] = {
+                "params_m": speed.count_params(m) / 1e6,
+                "gflops": speed.count_gflops(m, image_size),
+            }
+        except Exception as e:  # recorded in the model's row when its training fails too
+            info[n] = {"params_m": None, "gflops": None, "error": f"{e}"}
+    return info
+
+
+def _header(name, recipe, opts, fingerprint, device, ds, splits) -> dict:
+    """results.json's first keys: what was run, where, on which data."""
+    from bench import measure as speed
+
+    env = speed.environment()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "quick": opts.quick,
+        "created": _now(),
+        "recipe": to_dict(recipe),
+        "run": to_dict(opts),
+        "recipe_hash": fingerprint,
+        "environment": {**env, "device": _device_name(device, env)},
+        "dataset": dataset_record(ds, splits),
+    }
+
+
+def _record_placement(results: dict, folds: dict, d, device, batch_size: int, reporter):
+    """results.json `distributed` (every rank's host and device) and `data_placement`."""
+    data = next(iter(folds.values()))
     results["distributed"] = d.record(device)
     if d.enabled:
-        reporter.log(
-            f"distributed: {d.world_size} ranks, {d.backend}; global batch {recipe.batch_size}"
-        )
-    reporter.log(f"data placement: {ctx.placement} ({ctx.placement_reason})")
-    results["data_placement"] = ctx.placement_record()
+        reporter.log(f"distributed: {d.world_size} ranks, {d.backend}; global batch {batch_size}")
+    reporter.log(f"data placement: {data.placement} ({data.placement_reason})")
+    results["data_placement"] = data.placement_record()
 
-    # One run per model x seed x fold; a run whose folder has metrics.json finished earlier
-    # (train_one then reads its row back instead of training).
-    to_train = {
-        n: sum(
-            not (out / _run_folder(n, s, f) / "metrics.json").exists()
-            for s in seeds
-            for f in contexts
-        )
-        for n in names
-    }
-    runs, trained = len(names) * len(seeds) * len(splits), sum(to_train.values())
-    results["sweep"].update(runs=runs, runs_trained=trained, runs_finished_earlier=runs - trained)
-    if not trained:
-        reporter.log("every run finished in an earlier invocation: nothing to train")
-    reporter.estimate = _estimator(model_info, to_train, results["sweep"])
-    reporter.start_sweep(runs)
-    train_started = time.perf_counter()
-    for n in names:
-        for seed in seeds:
-            for fold, fold_ctx in contexts.items():
-                rel = _run_folder(n, seed, fold)
-                folder = out / rel
-                try:
-                    row = train_one(
-                        n,
-                        seed,
-                        fold_ctx,
-                        folder,
-                        weights=weights[n],
-                        reporter=reporter,
-                        recipe_hash=fingerprint,
-                        legacy_hashes=accepted,
-                        fold=fold,
-                        checkpoint=str(rel / "best.pt"),
-                    )
-                    row.update(model_info[n])
-                except KeyboardInterrupt:
-                    raise
-                except Exception as e:  # one model's failure must not stop the sweep
-                    if d.enabled:
-                        raise  # ...but the other ranks are in its collectives: end the run
-                    row = failed_row(n, seed, e, weights[n], fold)
-                    row.update(amp=precision.name, amp_reason=precision.reason)
-                    (folder / "error.txt").parent.mkdir(parents=True, exist_ok=True)
-                    from neu._io import atomic_write_text
 
-                    atomic_write_text(folder / "error.txt", traceback.format_exc())
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                results["rows"].append(row)
-                results["summary"] = summarize_models(results["rows"])  # interim views
-                reporter.end_model(row)
-                results["sweep"]["train_seconds_actual"] = time.perf_counter() - train_started
-                if d.is_main:
-                    report.write_outputs(out, results)
-
-    if not d.is_main:  # speed, export and the report are rank 0's, without collectives
-        return results, 0
+def _after_training(results: dict, out: Path, folds: dict, opts: RunOptions, reporter, started):
+    """Rank 0, once the sweep is done: summary, speed, robustness, calibration and Grad-CAM,
+    export and parity, the final report. -> (results, exit code)."""
+    ctx = next(iter(folds.values()))
     # Computed once: every later step and view reads these keys.
     results.update(summarize(out, results))
     from bench.measure.step import record_checkpoint_sizes
@@ -414,11 +380,11 @@ def _run(recipe, opts, reporter, d, dist_device, names, seeds, started):
         report.write_outputs(out, results)
     if opts.robustness != "none":
         _robustness(results, out, opts, reporter, staged)
-    _calibrate_and_explain(results, out, contexts, opts, reporter)
+    _calibrate_and_explain(results, out, folds, opts, reporter)
     from bench.release.export import export_and_verify
 
     t = time.perf_counter()
-    export_and_verify(results, out, ctx, opts, reporter, contexts=contexts, staged=staged)
+    export_and_verify(results, out, ctx, opts, reporter, contexts=folds, staged=staged)
     results["sweep"]["export_seconds_actual"] = time.perf_counter() - t
     results["updated"] = _now()
     results["sweep"]["seconds_actual"] = time.perf_counter() - started
@@ -463,43 +429,7 @@ def _calibrate_and_explain(results, out, contexts, opts, reporter) -> None:
     report.write_outputs(out, results)
 
 
-def _run_folder(model: str, seed: int, fold) -> Path:
-    """A run's folder under --out; without cross-validation it stays <model>/seed<k>, so
-    runs of older versions resume."""
-    return Path(model) / f"seed{seed}" / ("" if fold is None else f"fold{fold}")
-
-
 def _device_name(device: torch.device, env: dict) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return env.get("cpu") or "cpu"
-
-
-def _estimator(model_info: dict, to_train: dict[str, int], record: dict):
-    """After a model's first batches: its time, and the sweep's, scaled by GFLOPs.
-
-    to_train: model -> runs (seeds x folds) this invocation still has to train; runs that
-    finished in an earlier invocation cost nothing (a run resumed mid-way is counted whole).
-    The first estimate of this invocation goes into `record` (results.json `sweep`) so the
-    report can set it beside the wall time actually taken.
-    """
-
-    def estimate(name, seconds_per_batch, batches, epochs):
-        this = seconds_per_batch * batches * epochs
-        flops = {n: model_info[n]["gflops"] for n in to_train if model_info[n]["gflops"]}
-        if name not in flops:
-            return f"estimate: {name} ~{this / 60:.1f} min per run"
-        per_gflop = this / flops[name]
-        total = sum(per_gflop * f * to_train[n] for n, f in flops.items())
-        if "train_seconds_expected" not in record:
-            record.update(
-                train_seconds_expected=total,
-                expected_from=f"{name}: {seconds_per_batch:.3f} s per batch over its first "
-                "batches, scaled to every model by GFLOPs; training epochs only",
-            )
-        return (
-            f"estimate: {name} ~{this / 60:.1f} min per run; whole sweep "
-            f"~{total / 60:.{1 if total < 600 else 0}f} min (scaled by GFLOPs, training only)"
-        )
-
-    return estimate
