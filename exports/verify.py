@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,38 @@ def _tolerance(info, n: int, provider: str, batch_size: int):
     )
 
 
+# The neu_bench.split entries that make_split takes (the rest is provenance).
+_SPLIT_KEYS = (
+    "seed",
+    "val_fraction",
+    "test_fraction",
+    "limit_per_class",
+    "use_layout_split",
+    "folds",
+    "fold",
+)
+
+
+@dataclass
+class _Measured:
+    """The recorded figure and what the ONNX model did on the same images."""
+
+    which: str  # "test", or "val" for files that record no test accuracy
+    recorded: float | None
+    n: int = 0
+    accuracy: float | None = None
+    correct: int | None = None
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """How closely the accuracy must reproduce the recorded one, and why."""
+
+    tolerance: float
+    exact: int | None  # the count to reproduce exactly, or None: within the tolerance
+    why: str
+
+
 def run_verify(
     clf: Classifier,
     *,
@@ -126,13 +159,75 @@ def run_verify(
 
     Raises neu.dataset.DatasetError / ValueError / OSError when the data cannot be loaded.
     """
+    info = clf.info
+    ds, split = _load_split(clf, data, manifest, layout=layout, exclude_bad=exclude_bad)
+    # The recorded headline is the test accuracy (older files: the validation accuracy).
+    which = "test" if info.test_accuracy is not None else "val"
+    m = _Measured(which, info.test_accuracy if which == "test" else info.val_accuracy)
+    failures = _data_failures(ds, info)
+    matches = _hash_matches(info, ds, split)
+    not_comparable = _not_comparable(info, ds, split, data, m, *matches)
+    # Each reason fails verify (exit 1): "passed" after checking nothing would be a lie;
+    # --allow-other-data makes them notes, and verify says what it did and did not check.
+    if allow_other_data:
+        warnings = not_comparable + _normalisation_warnings(split, info)
+    else:
+        failures += [f"{why} (pass --allow-other-data to run the model on these images anyway)"
+                     for why in not_comparable]  # fmt: skip
+        warnings = _normalisation_warnings(split, info)
+    pixels, labels = _measure(clf, ds, split, m, batch_size, failures)
+    rule = _accuracy_rule(clf, m, batch_size)
+    if not not_comparable:
+        failures += _accuracy_failures(m, rule)
+    stated_ok, stated_not, stated_bad = check_stated(
+        info, clf.path, which=which, n_images=m.n, onnx_accuracy=m.accuracy,
+        provider=clf.provider, comparable=not not_comparable,
+    )  # fmt: skip
+    failures += stated_bad
+    parity = None
+    if checkpoint and not failures:
+        parity = _checkpoint_parity(clf, checkpoint, pixels, labels, provider, threads, failures)
+    verified, not_verified = _what_was_verified(m, rule, data, not_comparable, parity, checkpoint)
+    return {
+        **_figures(clf, data, m, rule),
+        "allow_other_data": bool(allow_other_data),
+        "verified": verified + stated_ok,
+        "not_verified": not_verified + stated_not,
+        "dataset_hash_match": matches[0],
+        "split_hash_match": matches[1],
+        "split_source": getattr(split, "source", None),
+        "parity": parity,
+        "warnings": warnings,
+        "failures": failures,
+        "passed": not failures,
+    }
+
+
+def _figures(clf: Classifier, data, m: _Measured, rule: _Rule) -> dict:
+    """The head of run_verify's result: which model ran where, on what, and how it did."""
+    return {
+        "model": clf.info.model,
+        "onnx": str(clf.path),
+        "data": str(data),
+        "provider": clf.provider,
+        "images": m.which,
+        "n_images": m.n,
+        "onnx_accuracy": m.accuracy,
+        "recorded_accuracy": m.recorded,
+        "accuracy_tolerance": rule.tolerance,
+        "accuracy_tolerance_reason": rule.why,
+        "accuracy_rule": rule.why,
+        "onnx_correct": m.correct,
+    }
+
+
+def _load_split(clf: Classifier, data, manifest, *, layout: str, exclude_bad: bool):
+    """(dataset, split): the data decoded as the model was trained (its size and channels,
+    grey stays 1 channel), split by --manifest or re-derived from neu_bench.split."""
     from neu.dataset import load_dataset
     from neu.split import load_manifest, make_split
 
     info = clf.info
-    failures: list[str] = []
-    warnings: list[str] = []
-    # Decode as the model was trained: its size and its channels (gray stays 1 channel).
     ds = load_dataset(
         data,
         image_size=info.image_size,
@@ -141,24 +236,18 @@ def run_verify(
         exclude_bad=exclude_bad,
     )
     if manifest:
-        split = load_manifest(manifest, ds)
-    else:
-        if not info.split:
-            raise ValueError(
-                f"{clf.path} has no neu_bench.split metadata to re-derive its test/validation "
-                f"split from: pass --manifest (the split.json of the run)"
-            )
-        keys = (
-            "seed",
-            "val_fraction",
-            "test_fraction",
-            "limit_per_class",
-            "use_layout_split",
-            "folds",
-            "fold",
+        return ds, load_manifest(manifest, ds)
+    if not info.split:
+        raise ValueError(
+            f"{clf.path} has no neu_bench.split metadata to re-derive its test/validation "
+            f"split from: pass --manifest (the split.json of the run)"
         )
-        split = make_split(ds, **{k: v for k, v in info.split.items() if k in keys})
+    return ds, make_split(ds, **{k: v for k, v in info.split.items() if k in _SPLIT_KEYS})
 
+
+def _data_failures(ds, info) -> list[str]:
+    """The data cannot be the model's: other classes, or decoded to other channels."""
+    failures = []
     if list(ds.classes) != list(info.classes):
         failures.append(f"dataset classes {list(ds.classes)} != model classes {info.classes}")
     if ds.channels != info.channels:
@@ -166,135 +255,112 @@ def run_verify(
             f"the data decodes to {ds.channels} channel(s) but the model was trained on "
             f"{info.channels}: not the same images"
         )
-    # The recorded headline is the test accuracy (older files: the validation accuracy).
-    which = "test" if info.test_accuracy is not None else "val"
-    recorded = info.test_accuracy if which == "test" else info.val_accuracy
-    dataset_match = info.dataset_hash is not None and ds.dataset_hash == info.dataset_hash
-    split_match = info.split_hash is not None and split.split_hash == info.split_hash
-    # Reasons the recorded accuracy cannot be reproduced here. Each fails verify (exit 1):
-    # printing "passed" after checking nothing would be a lie. --allow-other-data turns them
-    # into notes and verify then says exactly what it did and did not check.
-    not_comparable = []
+    return failures
+
+
+def _hash_matches(info, ds, split) -> tuple[bool, bool]:
+    """Are these the dataset and the split the file records (by hash)?"""
+    dataset = info.dataset_hash is not None and ds.dataset_hash == info.dataset_hash
+    return dataset, info.split_hash is not None and split.split_hash == info.split_hash
+
+
+def _not_comparable(info, ds, split, data, m: _Measured, dataset_match, split_match) -> list[str]:
+    """Reasons the recorded accuracy cannot be reproduced on these images."""
+    reasons = []
     if not dataset_match:
-        not_comparable.append(
+        reasons.append(
             f"dataset hash {ds.dataset_hash[:12]} != the model's {str(info.dataset_hash)[:12]}: "
             f"{data} is not the exact dataset this model was trained on (files added, removed, "
             f"changed or relabelled)"
         )
     if not split_match:
-        not_comparable.append(
+        reasons.append(
             f"split hash {split.split_hash[:12]} != the model's {str(info.split_hash)[:12]}: "
-            f"the {which} images differ from the run's (pass the run's --manifest)"
+            f"the {m.which} images differ from the run's (pass the run's --manifest)"
         )
-    if recorded is None:
-        not_comparable.append(f"the model records no {which}_accuracy to compare with")
-    if allow_other_data:
-        warnings.extend(not_comparable)
-    else:
-        failures.extend(
-            f"{why} (pass --allow-other-data to run the model on these images anyway)"
-            for why in not_comparable
-        )
-    for name, ours, theirs in (("mean", split.mean, info.mean), ("std", split.std, info.std)):
-        if not np.allclose(ours, theirs, rtol=0, atol=1e-6):
-            warnings.append(
-                f"train-set {name} {list(ours)} != the model's {list(theirs)}; the model's is used"
-            )
+    if m.recorded is None:
+        reasons.append(f"the model records no {m.which}_accuracy to compare with")
+    return reasons
 
-    chosen = np.asarray(split.test if which == "test" else split.val, dtype=np.int64)
+
+def _normalisation_warnings(split, info) -> list[str]:
+    return [
+        f"train-set {name} {list(ours)} != the model's {list(theirs)}; the model's is used"
+        for name, ours, theirs in (("mean", split.mean, info.mean), ("std", split.std, info.std))
+        if not np.allclose(ours, theirs, rtol=0, atol=1e-6)
+    ]
+
+
+def _measure(clf: Classifier, ds, split, m: _Measured, batch_size: int, failures: list[str]):
+    """Run the ONNX model on the chosen images (into `m`) unless something already failed;
+    returns their (uint8 pixels, labels) for the parity check."""
+    chosen = np.asarray(split.test if m.which == "test" else split.val, dtype=np.int64)
     images = ds.images
     pixels = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
     pixels = pixels[chosen]
     labels = np.asarray(ds.labels)[chosen]
-    onnx_accuracy = onnx_correct = None
-    if len(chosen) == 0:
-        failures.append(f"the {which} split is empty")
+    m.n = int(len(chosen))
+    if m.n == 0:
+        failures.append(f"the {m.which} split is empty")
     elif not failures:
         probs = clf.predict_arrays(pixels, batch_size=batch_size)
-        onnx_correct = int((probs.argmax(1) == labels).sum())
-        onnx_accuracy = onnx_correct / len(chosen)
+        m.correct = int((probs.argmax(1) == labels).sum())
+        m.accuracy = m.correct / m.n
+    return pixels, labels
 
-    tolerance, exact, tolerance_why = _tolerance(info, len(chosen), clf.provider, batch_size)
-    if which != "test":
-        tolerance = exact = None
-    if tolerance is None:
-        # no count stamped by a run like this one: exports.figures' rule (exact for a
-        # reduced-precision file measured by this provider, else the tolerance)
-        tolerance, tolerance_why = accuracy_rule(
-            info, clf.provider, len(chosen), accuracy_tolerance(len(chosen))
-        )
-    rule = tolerance_why
-    if onnx_accuracy is not None and recorded is not None and not not_comparable:
-        if exact is not None and onnx_correct != exact:
-            failures.append(
-                f"ONNX model classifies {onnx_correct} of the {len(chosen)} test images "
-                f"correctly, the file states {exact} ({tolerance_why})"
-            )
-        elif abs(onnx_accuracy - recorded) > tolerance:
-            failures.append(
-                f"ONNX accuracy {onnx_accuracy:.4f} on the {len(chosen)} {which} images != the "
-                f"recorded {which}_accuracy {recorded:.4f} (tolerance {tolerance:.4f}: "
-                f"{tolerance_why})"
-            )
-    stated_ok, stated_not, stated_bad = check_stated(
-        info, clf.path, which=which, n_images=len(chosen), onnx_accuracy=onnx_accuracy,
-        provider=clf.provider, comparable=not not_comparable,
-    )  # fmt: skip
-    failures.extend(stated_bad)
 
-    parity = None
-    if checkpoint and not failures:
-        parity = _checkpoint_parity(clf, checkpoint, pixels, labels, provider, threads, failures)
+def _accuracy_rule(clf: Classifier, m: _Measured, batch_size: int) -> _Rule:
+    """The file's own stamped count when it was measured like this run (test images only),
+    else exports.figures' rule (exact for a reduced-precision file measured by this
+    provider, else the tolerance)."""
+    tolerance, exact, why = _tolerance(clf.info, m.n, clf.provider, batch_size)
+    if m.which != "test" or tolerance is None:
+        tolerance, why = accuracy_rule(clf.info, clf.provider, m.n, accuracy_tolerance(m.n))
+        exact = None
+    return _Rule(tolerance, exact, why)
 
+
+def _accuracy_failures(m: _Measured, rule: _Rule) -> list[str]:
+    if m.accuracy is None or m.recorded is None:
+        return []
+    if rule.exact is not None and m.correct != rule.exact:
+        return [
+            f"ONNX model classifies {m.correct} of the {m.n} test images "
+            f"correctly, the file states {rule.exact} ({rule.why})"
+        ]
+    if abs(m.accuracy - m.recorded) > rule.tolerance:
+        return [
+            f"ONNX accuracy {m.accuracy:.4f} on the {m.n} {m.which} images != the "
+            f"recorded {m.which}_accuracy {m.recorded:.4f} (tolerance {rule.tolerance:.4f}: "
+            f"{rule.why})"
+        ]
+    return []
+
+
+def _what_was_verified(m: _Measured, rule: _Rule, data, not_comparable, parity, checkpoint):
+    """(verified, not_verified): what this run checked, in words, and what it could not."""
     verified, not_verified = [], []
-    if onnx_accuracy is not None:
+    if m.accuracy is not None:
         verified.append(
-            f"the ONNX model ran on {len(chosen)} {which} images of {data} "
-            f"(accuracy {onnx_accuracy:.4f})"
+            f"the ONNX model ran on {m.n} {m.which} images of {data} (accuracy {m.accuracy:.4f})"
         )
         if not not_comparable:
             verified.append(
-                f"that accuracy reproduces the recorded {which}_accuracy {recorded:.4f} "
-                + (f"exactly ({onnx_correct}/{len(chosen)} images; {tolerance_why})"
-                   if exact is not None else f"within {tolerance:.4f} ({tolerance_why})")
+                f"that accuracy reproduces the recorded {m.which}_accuracy {m.recorded:.4f} "
+                + (f"exactly ({m.correct}/{m.n} images; {rule.why})"
+                   if rule.exact is not None else f"within {rule.tolerance:.4f} ({rule.why})")
             )  # fmt: skip
     if not_comparable:
+        recorded = "none" if m.recorded is None else f"{m.recorded:.4f}"
         not_verified.append(
-            f"the recorded {which}_accuracy "
-            f"({'none' if recorded is None else f'{recorded:.4f}'}): not comparable, because "
+            f"the recorded {m.which}_accuracy ({recorded}): not comparable, because "
             + "; ".join(not_comparable)
         )
     if parity is not None:
         verified.append(f"torch-vs-ONNX parity against {checkpoint} on the same images")
     else:
         not_verified.append("torch-vs-ONNX parity (pass --checkpoint best.pt)")
-    verified += stated_ok
-    not_verified += stated_not
-
-    return {
-        "model": info.model,
-        "onnx": str(clf.path),
-        "data": str(data),
-        "provider": clf.provider,
-        "images": which,
-        "n_images": int(len(chosen)),
-        "onnx_accuracy": onnx_accuracy,
-        "recorded_accuracy": recorded,
-        "accuracy_tolerance": tolerance,
-        "accuracy_tolerance_reason": tolerance_why,
-        "accuracy_rule": rule,
-        "onnx_correct": onnx_correct,
-        "allow_other_data": bool(allow_other_data),
-        "verified": verified,
-        "not_verified": not_verified,
-        "dataset_hash_match": dataset_match,
-        "split_hash_match": split_match,
-        "split_source": getattr(split, "source", None),
-        "parity": parity,
-        "warnings": warnings,
-        "failures": failures,
-        "passed": not failures,
-    }
+    return verified, not_verified
 
 
 def _checkpoint_parity(clf, checkpoint, pixels, labels, provider, threads, failures) -> dict:
