@@ -8,6 +8,7 @@ from pathlib import Path
 from bench import measure as speed
 from bench.measure.step import best_rows, row_metadata
 from bench.registry import load_checkpoint
+from bench.release.section import assign, view
 from bench.summary import headline_split, summarize_models
 
 
@@ -25,9 +26,17 @@ def _batch1_latency(rows: list[dict], name: str, runtime: str = "torch") -> floa
     return None
 
 
+def model_summary(results: dict) -> list[dict]:
+    """results.json `summary`, which bench.summary computes once training has ended; computed
+    from the rows only for a results dict that lacks it (one assembled by hand)."""
+    if "summary" in results:
+        return results["summary"]
+    return summarize_models(results["rows"])
+
+
 def select_exports(results: dict, how: str) -> tuple[list[str], str]:
     """Models to export, and why. how: best | pareto | all | none | comma list."""
-    summary = summarize_models(results["rows"])
+    summary = model_summary(results)
     ok = [s["model"] for s in summary if s["accuracy_mean"] is not None]
     if how == "none" or not ok:
         return [], "none"
@@ -51,101 +60,149 @@ def select_exports(results: dict, how: str) -> tuple[list[str], str]:
 
 def export_and_verify(
     results: dict, out: Path, ctx, opts, reporter, contexts=None, staged=None
-) -> None:
-    """contexts: fold -> Context (cross-validation); each export is checked on its own
+) -> dict:
+    """`bench run --export`: the export step's section (export_section), assigned into
+    results; returns the section."""
+    section = export_section(results, out, ctx, opts, reporter, contexts=contexts, staged=staged)
+    return assign(results, section)
+
+
+def export_section(
+    results: dict, out: Path, ctx, opts, reporter, contexts=None, staged=None
+) -> dict:
+    """The export step's results.json section; results itself is only read.
+
+    Owns: export_selection; exports (one entry per exported model, with its model card,
+    recommended artifact and raw-pixel copy); repository (serve_exports, with
+    --export-repository); plot (with --speed); models.<name>.onnx_size_mb; its own entries
+    of the card_errors and plot_errors logs.
+
+    contexts: fold -> Context (cross-validation); each export is checked on its own
     fold's images. staged: model -> the ONNX file the speed step of this invocation exported
     from the same checkpoint with the same metadata; it is moved here instead of exported
     again, and the unexported ones are deleted (they were the speed step's working files)."""
-    import os
-
-    from exports.export import export_onnx
-    from exports.figures import parity_figures, stamp_figures
-    from exports.parity import check_parity
-
     staged = staged or {}
     names, why = select_exports(results, opts.export)
-    results["export_selection"] = {"how": why, "models": names}
+    section: dict = {"export_selection": {"how": why, "models": names}}
     for name, src in staged.items():
         if name not in names:
             src.unlink(missing_ok=True)
     if not names:
-        return
+        return section
     best = best_rows(results)
-    results["exports"] = []
+    entries = []
     for name in names:
-        row = best[name]
-        rctx = (contexts or {}).get(row.get("fold"), ctx)
-        # Parity runs on every test image (data that chose nothing; val when there is no test
-        # split), exactly as evaluation fed them (fp32, CPU).
-        split = row.get("accuracy_split", "val")
-        idx = rctx.test_idx if split == "test" else rctx.val_idx
-        inputs = rctx.eval_inputs(idx).float().cpu().contiguous()
-        labels = rctx.labels[idx].cpu().numpy()
-        path = out / "exports" / f"{name}.onnx"
-        entry = {
-            "model": name,
-            "seed": row["seed"],
-            "fold": row.get("fold"),
-            "images": split,
-            "path": str(path.relative_to(out)),
-        }
-        try:
-            model, meta = load_checkpoint(out / row["checkpoint"])
-            if name in staged and staged[name].is_file():
-                reporter.log(f"[{name}] {path}: the speed step's export of this checkpoint")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged[name], path)  # one filesystem (both under out): atomic
-            else:
-                reporter.log(f"[{name}] exporting to {path}")
-                metadata = row_metadata(meta, row)
-                export_onnx(model, path, metadata=metadata, image_size=meta["image_size"])
-            entry["size_mb"] = speed.file_size_mb(path)
-            results["models"][name]["onnx_size_mb"] = entry["size_mb"]
-            reporter.log(f"[{name}] parity on {len(labels)} {split} images")
-            parity = check_parity(
-                model,
-                path,
-                inputs,
-                labels,
-                batch_sizes=(1, 32),
-                provider="cpu",
-                threads=opts.threads,
+        rctx = (contexts or {}).get(best[name].get("fold"), ctx)
+        entries.append(_export_one(name, best[name], results, out, rctx, opts, reporter, staged))
+    section["exports"] = entries
+    section["models"] = {e["model"]: {"onnx_size_mb": e["size_mb"]} for e in entries
+                         if "size_mb" in e}  # fmt: skip
+    section.update(_cards(view(results, section), out, reporter))
+    if opts.embed_preprocessing or opts.export_repository:
+        section.update(_serve(view(results, section), out, ctx, opts, reporter, contexts))
+    if opts.speed:
+        section.update(plot_section(results, out))
+    return section
+
+
+def _export_one(name, row, results, out: Path, rctx, opts, reporter, staged) -> dict:
+    """One model's export entry: its ONNX file, parity with torch, the test figures the file
+    itself achieves and its recommended artifact; a failure is recorded in the entry."""
+    from exports.figures import parity_figures, stamp_figures
+    from exports.parity import check_parity
+
+    # Parity runs on every test image (data that chose nothing; val when there is no test
+    # split), exactly as evaluation fed them (fp32, CPU).
+    split = row.get("accuracy_split", "val")
+    idx = rctx.test_idx if split == "test" else rctx.val_idx
+    inputs = rctx.eval_inputs(idx).float().cpu().contiguous()
+    labels = rctx.labels[idx].cpu().numpy()
+    path = out / "exports" / f"{name}.onnx"
+    entry = {
+        "model": name,
+        "seed": row["seed"],
+        "fold": row.get("fold"),
+        "images": split,
+        "path": str(path.relative_to(out)),
+    }
+    try:
+        model, meta = load_checkpoint(out / row["checkpoint"])
+        _write_onnx(name, row, model, meta, path, staged.get(name), reporter)
+        entry["size_mb"] = speed.file_size_mb(path)
+        reporter.log(f"[{name}] parity on {len(labels)} {split} images")
+        parity = check_parity(model, path, inputs, labels, batch_sizes=(1, 32), provider="cpu",
+                              threads=opts.threads)  # fmt: skip
+        entry.update(parity.to_dict())
+        entry["path"] = str(path.relative_to(out))
+        entry["parity_passed"] = bool(parity.passed)
+        stamp_figures(path, parity_figures(parity.to_dict(), source=f"{split} split"))
+        if not parity.passed:
+            reporter.warn(f"[{name}] PARITY FAILED: {'; '.join(parity.failures)}")
+        held_out = _test_pixels(rctx, idx, labels) if split == "test" else None
+        if held_out is not None:
+            entry.update(_stamp_own_figures(path, row, *held_out))
+        rec = (results.get("recommendation") or {}).get("by_model", {}).get(name)
+        if rec and rec.get("variant"):
+            entry["recommended"] = export_recommended(
+                rec, name, out, path, results, held_out=held_out
             )
-            entry.update(parity.to_dict())
-            entry["path"] = str(path.relative_to(out))
-            entry["parity_passed"] = bool(parity.passed)
-            stamp_figures(path, parity_figures(parity.to_dict(), source=f"{split} split"))
-            if not parity.passed:
-                reporter.warn(f"[{name}] PARITY FAILED: {'; '.join(parity.failures)}")
-            held_out = _test_pixels(rctx, idx, labels) if split == "test" else None
-            if held_out is not None:
-                entry.update(_stamp_own_figures(path, row, *held_out))
-            rec = (results.get("recommendation") or {}).get("by_model", {}).get(name)
-            if rec and rec.get("variant"):
-                entry["recommended"] = export_recommended(
-                    rec, name, out, path, results, held_out=held_out
-                )
-                reporter.log(
-                    f"[{name}] recommended deployment: {rec['variant']} -> "
-                    f"{entry['recommended']['path']}"
-                )
-        except Exception as e:
-            entry.update(parity_passed=False, error=f"{type(e).__name__}: {e}")
-            reporter.warn(f"[{name}] export failed: {entry['error']}")
-        results["exports"].append(entry)
-    try:  # temperature, review threshold and the model card beside each export
+            reporter.log(
+                f"[{name}] recommended deployment: {rec['variant']} -> "
+                f"{entry['recommended']['path']}"
+            )
+    except Exception as e:
+        entry.update(parity_passed=False, error=f"{type(e).__name__}: {e}")
+        reporter.warn(f"[{name}] export failed: {entry['error']}")
+    return entry
+
+
+def _write_onnx(name, row, model, meta, path: Path, staged: Path | None, reporter) -> None:
+    """The model's FP32 ONNX file at path: the speed step's export of the same checkpoint
+    when there is one (moved), else exported here."""
+    import os
+
+    from exports.export import export_onnx
+
+    if staged is not None and staged.is_file():
+        reporter.log(f"[{name}] {path}: the speed step's export of this checkpoint")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, path)  # one filesystem (both under out): atomic
+    else:
+        reporter.log(f"[{name}] exporting to {path}")
+        metadata = row_metadata(meta, row)
+        export_onnx(model, path, metadata=metadata, image_size=meta["image_size"])
+
+
+def _cards(results: dict, out: Path, reporter) -> dict:
+    """Temperature, review threshold and the model card beside each export; bench.report.card
+    records them in the export entries of `results` (a view holding this step's entries).
+    Returns this step's card_errors entry when that fails."""
+    try:
         from bench.report.card import stamp_exports
 
         stamp_exports(results, out, reporter)
     except Exception as e:
-        results.setdefault("card_errors", []).append(f"{type(e).__name__}: {e}")
         reporter.warn(f"model cards / decision metadata failed: {type(e).__name__}: {e}")
-    if opts.embed_preprocessing or opts.export_repository:
-        from bench.release.serving import serve_exports
+        return {"card_errors": [f"{type(e).__name__}: {e}"]}
+    return {}
 
-        serve_exports(results, out, ctx, opts, reporter, contexts=contexts)
-    if opts.speed:
-        _plot(results, out)
+
+def _serve(results: dict, out: Path, ctx, opts, reporter, contexts) -> dict:
+    """Raw-pixel copies and the model repository (bench.release.serving) of the export
+    entries of `results` (a view holding this step's entries). The raw-pixel figures are
+    recorded in the entries they belong to; a file that failed there fails its entry's
+    parity. Returns the serving step's own section (repository)."""
+    from bench.release.serving import serve_exports
+
+    section, findings = serve_exports(results, out, ctx, opts, reporter, contexts=contexts)
+    entries = results["exports"]
+    for found in findings:
+        entry = entries[found["entry"]]
+        record = entry if found["file"] == "fp32" else entry["recommended"]
+        record.update(found["record"])
+        if "raw_pixel_error" in found["record"]:
+            entry["parity_passed"] = False
+    return section
 
 
 def _test_pixels(ctx, idx, labels):
@@ -189,7 +246,8 @@ def export_recommended(
     INT8/FP16 copies come from the speed step (out/variants/<model>/), made from the same
     checkpoint with the same metadata; the copy here adds the fidelity figures and the
     variant name. Variants that run the FP32 file (ORT FP32, OpenVINO) stamp it instead; torch
-    variants ship the checkpoint, named in the entry.
+    variants ship the checkpoint, named in the entry. Returns the export entry's
+    `recommended` record.
     """
     import json
 
@@ -201,6 +259,32 @@ def export_recommended(
     row = next(
         r for r in results["deployment"] if r["model"] == name and r["variant"] == rec["variant"]
     )
+    figures = _fidelity_figures(row, results)
+    if artifact not in ARTIFACT_SUFFIX:  # a torch variant: the checkpoint is the artifact
+        best = best_rows(results)[name]
+        return {"variant": rec["variant"], "path": best["checkpoint"], "kind": "checkpoint"}
+    dst = fp32_path.with_name(name + ARTIFACT_SUFFIX[artifact])
+    if dst != fp32_path:
+        src = out / "variants" / name / dst.name
+        atomic_write_bytes(dst, src.read_bytes())
+    update_metadata(
+        dst, {"fidelity": json.dumps(figures, sort_keys=True), "deployment_variant": rec["variant"]}
+    )
+    own = {}
+    if held_out is not None and dst != fp32_path:  # an INT8/FP16 copy states its own figure
+        own = _stamp_own_figures(dst, None, *held_out)
+    return {
+        **own,
+        "variant": rec["variant"],
+        "path": str(dst.relative_to(out)),
+        "kind": "onnx",
+        "precision": row["precision"],
+        "size_mb": speed.file_size_mb(dst),
+    }
+
+
+def _fidelity_figures(row: dict, results: dict) -> dict:
+    """The `fidelity` metadata of a deployment variant's file: its deployment row's figures."""
     figures = {
         k: row[k]
         for k in (
@@ -229,31 +313,13 @@ def export_recommended(
         rule=row["fidelity_rule"],
         failures=list(row.get("fidelity_failures") or []),
     )
-    if artifact not in ARTIFACT_SUFFIX:  # a torch variant: the checkpoint is the artifact
-        best = best_rows(results)[name]
-        return {"variant": rec["variant"], "path": best["checkpoint"], "kind": "checkpoint"}
-    dst = fp32_path.with_name(name + ARTIFACT_SUFFIX[artifact])
-    if dst != fp32_path:
-        src = out / "variants" / name / dst.name
-        atomic_write_bytes(dst, src.read_bytes())
-    update_metadata(
-        dst, {"fidelity": json.dumps(figures, sort_keys=True), "deployment_variant": rec["variant"]}
-    )
-    own = {}
-    if held_out is not None and dst != fp32_path:  # an INT8/FP16 copy states its own figure
-        own = _stamp_own_figures(dst, None, *held_out)
-    return {
-        **own,
-        "variant": rec["variant"],
-        "path": str(dst.relative_to(out)),
-        "kind": "onnx",
-        "precision": row["precision"],
-        "size_mb": speed.file_size_mb(dst),
-    }
+    return figures
 
 
-def _plot(results: dict, out: Path) -> None:
-    summary = {s["model"]: s for s in summarize_models(results["rows"])}
+def plot_section(results: dict, out: Path) -> dict:
+    """Accuracy vs batch-1 FP32 latency of every measured runtime: results.json `plot`, or
+    this step's entry of the plot_errors log when the picture fails."""
+    summary = {s["model"]: s for s in model_summary(results)}
     points = []
     for r in results["speed"]:
         if (
@@ -262,17 +328,22 @@ def _plot(results: dict, out: Path) -> None:
             and "latency_ms_p50" in r
             and summary.get(r["model"], {}).get("accuracy_mean") is not None
         ):
+            # plot_accuracy_vs_latency reads its y value under "val_accuracy"; this one is the
+            # headline accuracy (test when the run has a test split), labelled in ylabel.
             points.append({**r, "val_accuracy": summary[r["model"]]["accuracy_mean"]})
     if not points:
-        return
+        return {}
     split = headline_split(results["rows"])
     what = "test accuracy" if split == "test" else "validation accuracy (picked the epoch)"
     try:
         speed.plot_accuracy_vs_latency(
             points, out / "accuracy_vs_latency.png", ylabel=f"{what} (%, higher is better)"
         )
-        results["plot"] = "accuracy_vs_latency.png"
     except Exception as e:  # a picture must never cost the run its numbers and exports
-        results.setdefault("plot_errors", []).append(
-            f"accuracy vs latency: {type(e).__name__}: {e}"
-        )
+        return {"plot_errors": [f"accuracy vs latency: {type(e).__name__}: {e}"]}
+    return {"plot": "accuracy_vs_latency.png"}
+
+
+def _plot(results: dict, out: Path) -> None:
+    """The plot alone, assigned into results as export_and_verify does with --speed."""
+    assign(results, plot_section(results, out))
