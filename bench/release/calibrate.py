@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from bench import metrics as M
+from bench.release.section import assign
 from exports import calibration as C
 
 FIGURE_KEYS = ("ece", "mce", "nll", "brier")
@@ -174,10 +175,21 @@ def row_logits(row: dict, out: Path, ctx) -> dict:
     return d
 
 
-def calibrate_into(results: dict, out: Path, contexts: dict, target: float, reporter) -> None:
-    """results["calibration"]: one record per trained row, one per judged variant, and the
-    plots (reliability diagram per model, risk-coverage curves)."""
+def calibrate_into(results: dict, out: Path, contexts: dict, target: float, reporter) -> dict:
+    """`bench run` and `bench calibrate`: the calibration step's section
+    (calibration_section), assigned into results; returns the section."""
+    return assign(results, calibration_section(results, out, contexts, target, reporter))
+
+
+def calibration_section(results: dict, out: Path, contexts: dict, target: float,
+                        reporter) -> dict:  # fmt: skip
+    """The calibration step's results.json section; results itself is only read.
+
+    Owns: calibration (one record per trained row, one per judged variant, and the plots:
+    reliability diagram per model, risk-coverage curves); its own entries of the plot_errors
+    log."""
     from bench.measure.step import best_rows
+    from bench.report.calibration import write_plots
 
     out = Path(out)
     cal = {"target_accuracy": target, "n_bins": C.N_BINS, "rows": [], "variants": []}
@@ -201,10 +213,9 @@ def calibrate_into(results: dict, out: Path, contexts: dict, target: float, repo
         if "error" not in rec:
             reporter.log(_summary_line(row["model"], rec))
     cal["variants"] = _variant_records(results, out, cal["rows"])
-    results["calibration"] = cal
-    from bench.report.calibration import write_plots
-
-    write_plots(results, out)
+    section = {"calibration": cal}
+    write_plots(section, out)  # adds calibration.plots, or a plot_errors entry of its own
+    return section
 
 
 def _summary_line(model: str, rec: dict) -> str:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.release.section import assign
+
 # Grad-CAM layer per architecture: the last block with a spatial map (grad-cam's own advice
 # for these families). Anything else: the last Conv2d of the network.
 TARGET_LAYERS = {
@@ -188,9 +190,18 @@ def explain_row(results: dict, out: Path, row: dict, ctx, out_dir: Path) -> tupl
     return items, int((labels != preds).sum())
 
 
-def explain_into(results: dict, out: Path, contexts: dict, reporter) -> None:
-    """results["explanations"]: per shipped model, the records of its PNGs (paths relative
-    to the run folder, as the report embeds them)."""
+def explain_into(results: dict, out: Path, contexts: dict, reporter) -> dict:
+    """`bench run` and `bench calibrate`: the explanation step's section
+    (explanations_section), assigned into results; returns the section."""
+    return assign(results, explanations_section(results, out, contexts, reporter))
+
+
+def explanations_section(results: dict, out: Path, contexts: dict, reporter) -> dict:
+    """The explanation step's results.json section; results itself is only read (the
+    calibration's temperatures title the PNGs).
+
+    Owns: explanations (per shipped model, the records of its PNGs, paths relative to the
+    run folder as the report embeds them, and how many images it misclassified)."""
     from bench.measure.step import best_rows
 
     out = Path(out)
@@ -210,4 +221,4 @@ def explain_into(results: dict, out: Path, contexts: dict, reporter) -> None:
         except Exception as e:  # explanations must never cost the run its numbers and exports
             ex["models"][name] = {"error": f"{type(e).__name__}: {e}"}
             reporter.warn(f"[{name}] Grad-CAM failed: {type(e).__name__}: {e}")
-    results["explanations"] = ex
+    return {"explanations": ex}
