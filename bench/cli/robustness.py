@@ -51,7 +51,8 @@ def robustness_command(args, log=print) -> tuple[dict, Path]:
 
 
 def _run_dir(run: Path, args, data: Path, log) -> dict:
-    from bench.release.robustness import robustness_step
+    from bench.release.robustness import robustness_section
+    from bench.release.section import assign
     from bench.report.core import write_outputs
 
     path = run / "results.json"
@@ -59,12 +60,13 @@ def _run_dir(run: Path, args, data: Path, log) -> dict:
         raise ValueError(f"{run} has no results.json: pass the folder `bench run --out` wrote")
     results = json.loads(path.read_text())
     t = time.perf_counter()
-    rec = robustness_step(results, run, data=data, spec=args.robustness,
-                          seed=args.robustness_seed, threads=args.threads, log=log,
-                          layout=args.layout)  # fmt: skip
-    if rec is None:
+    section = robustness_section(results, run, data=data, spec=args.robustness,
+                                 seed=args.robustness_seed, threads=args.threads, log=log,
+                                 layout=args.layout)  # fmt: skip
+    if not section:
         raise ValueError(f"{run}: no trained model to evaluate (or --robustness none)")
-    rec["command_seconds"] = time.perf_counter() - t
+    section["robustness"]["command_seconds"] = time.perf_counter() - t
+    assign(results, section)
     write_outputs(run, results)
     return results
 

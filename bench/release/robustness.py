@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.measure import robustness as R
+from bench.release.section import assign
 from bench.report import robustness as V
 from neu import corrupt as C
 
@@ -96,15 +97,29 @@ def manifest_for(out: Path, row: dict) -> Path:
 
 def robustness_step(results: dict, out: Path, *, data, spec: str, seed: int, threads=None,
                     staged=None, log=print, layout="auto") -> dict | None:  # fmt: skip
-    """Evaluate, then store results["robustness"], robustness.csv and the plots."""
+    """`bench run --robustness`: the robustness step's section (robustness_section), assigned
+    into results; returns its record (results["robustness"]), or None when there was
+    nothing to evaluate (results untouched)."""
+    section = robustness_section(results, out, data=data, spec=spec, seed=seed,
+                                 threads=threads, staged=staged, log=log, layout=layout)  # fmt: skip
+    assign(results, section)
+    return section.get("robustness")
+
+
+def robustness_section(results: dict, out: Path, *, data, spec: str, seed: int, threads=None,
+                       staged=None, log=print, layout="auto") -> dict:  # fmt: skip
+    """Evaluate, then write robustness.csv and the plots; results itself is only read.
+
+    Owns: robustness (the benchmark's record: conditions, per-predictor figures, what was
+    skipped and why). Empty when the plan is empty or nothing was trained."""
     from neu.heldout import load_heldout
 
     plan = C.parse_plan(spec)
     if not plan:
-        return None
+        return {}
     predictors, skipped = run_predictors(results, Path(out), threads=threads, staged=staged)
     if not predictors:
-        return None
+        return {}
     best = _best_rows(results)
     first = best[predictors[0].model]
     # With --folds each model's shipped checkpoint may come from another fold: only those of
@@ -124,5 +139,4 @@ def robustness_step(results: dict, out: Path, *, data, spec: str, seed: int, thr
     rec["skipped"] = skipped
     V.write_plots(out, rec, heldout)
     V.write_csv(out, rec)
-    results["robustness"] = rec
-    return rec
+    return {"robustness": rec}
