@@ -341,8 +341,6 @@ def add_model(
     """
     import onnx
 
-    from exports.rawpixel import embed_preprocessing
-
     out, src = Path(out), Path(src)
     check_repository(out)
     info = _read_info(src)
@@ -353,12 +351,7 @@ def add_model(
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
     try:
         staged = stage / MODEL_FILE
-        if raw and not info.raw_pixels:
-            parity = embed_preprocessing(src, staged, pixels=pixels, source=pixels_source)
-        else:  # served as it is; a raw-pixel file carries its own parity figures
-            shutil.copyfile(src, staged)
-            stamped = info.raw.get(METADATA_PREFIX + "raw_parity")
-            parity = json.loads(stamped) if stamped else None
+        parity = _stage_file(src, staged, info, raw=raw, pixels=pixels, source=pixels_source)
         served = onnx.load(str(staged))
         served_info = _read_info(staged)
         if serving is None:
@@ -387,6 +380,18 @@ def add_model(
         "config_validated_with_tritonclient": validated,
         "raw_parity": parity,
     }
+
+
+def _stage_file(src: Path, staged: Path, info, *, raw: bool, pixels, source: str) -> dict | None:
+    """The file to serve at `staged`: the raw-pixel copy composed here (proven on `pixels`),
+    or `src` as it is. Returns its raw-pixel parity figures (None for a plain file)."""
+    from exports.rawpixel import embed_preprocessing
+
+    if raw and not info.raw_pixels:
+        return embed_preprocessing(src, staged, pixels=pixels, source=source)
+    shutil.copyfile(src, staged)  # served as it is; a raw-pixel file carries its own figures
+    stamped = info.raw.get(METADATA_PREFIX + "raw_parity")
+    return json.loads(stamped) if stamped else None
 
 
 def _read_info(path: Path):
