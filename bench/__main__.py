@@ -1,4 +1,4 @@
-"""python -m bench {run,speed,calibrate,explain,train-speed,list}: parse the command line and dispatch. Nothing else."""
+"""python -m bench {run,speed,report,robustness,calibrate,explain,train-speed,list}: parse the command line and dispatch. Nothing else."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _add_speed(sub) -> None:
 
 
 def _add_others(sub) -> None:
-    """train-speed, robustness, calibrate, explain, list."""
+    """train-speed, robustness, report, calibrate, explain, list."""
     from bench.measure.trainspeed import TrainSpeedOptions
 
     ts = sub.add_parser(
@@ -73,6 +73,16 @@ def _add_others(sub) -> None:
 
     add_arguments(rb)
 
+    rp = sub.add_parser(
+        "report",
+        help="re-render a run's report.md/html and CSVs from its results.json (no torch)",
+        description="Writes results.csv, speed.csv, report.md and report.html of a finished run "
+        "from its results.json alone, byte for byte as the run wrote them.",
+    )
+    from bench.cli.report import add_arguments as add_report_arguments
+
+    add_report_arguments(rp)
+
     from bench.cli.postrun import add_parsers
 
     add_parsers(sub)  # calibrate, explain
@@ -82,21 +92,24 @@ def _add_others(sub) -> None:
     ls.add_argument("--num-classes", type=int, default=6)
 
 
-def _robustness_parser() -> argparse.ArgumentParser:
-    # Without the other subcommands: `bench train-speed`'s options import torch, and
-    # `bench robustness MODEL.onnx` must run where torch is not installed.
-    from bench.cli.robustness import add_arguments
+def _light_parser(command: str) -> argparse.ArgumentParser:
+    # Without the other subcommands: `bench train-speed`'s options import torch, while
+    # `bench robustness MODEL.onnx` and `bench report RUN_DIR` must run where it is not installed.
+    from bench.cli import report, robustness
 
     p = argparse.ArgumentParser(prog="python -m bench")
     sub = p.add_subparsers(dest="command", required=True)
-    add_arguments(sub.add_parser("robustness"))
+    {"robustness": robustness, "report": report}[command].add_arguments(sub.add_parser(command))
     return p
+
+
+LIGHT = ("robustness", "report")
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    light = argv[:1] == ["robustness"] and not {"-h", "--help"} & set(argv)
-    args = (_robustness_parser() if light else build_parser()).parse_args(argv)
+    light = argv[:1] and argv[0] in LIGHT and not {"-h", "--help"} & set(argv)
+    args = (_light_parser(argv[0]) if light else build_parser()).parse_args(argv)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     try:
         if args.command == "run":
@@ -109,6 +122,8 @@ def main(argv=None) -> int:
             return _train_speed(args, console)
         if args.command == "robustness":
             return _robustness(args, console)
+        if args.command == "report":
+            return _report(args, console)
         if args.command in ("calibrate", "explain"):
             from bench.cli.postrun import dispatch
 
@@ -122,7 +137,7 @@ def main(argv=None) -> int:
 def _run(args, console) -> int:
     from bench.cli.run import run
     from bench.registry import WeightsUnavailableError
-    from bench.report.core import print_tables
+    from bench.report.console import print_tables
     from bench.ui import make_reporter
 
     values = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
@@ -154,7 +169,7 @@ def _run(args, console) -> int:
 
 def _speed(args, console) -> int:
     from bench.cli.speed import speed_command
-    from bench.report.core import print_tables
+    from bench.report.console import print_tables
     from bench.ui import make_reporter
     from exports.runtime import ProviderUnavailableError
 
@@ -195,6 +210,18 @@ def _robustness(args, console) -> int:
     console.print(table)
     console.print(f"results: {out}/results.json, {out}/robustness.csv, {out}/report.html",
                   markup=False)  # fmt: skip
+    return 0
+
+
+def _report(args, console) -> int:
+    from bench.cli.report import report_command
+
+    try:
+        written = report_command(args.run_dir, plots=args.plots)
+    except (ValueError, OSError) as e:
+        console.print(f"error: {e}", style="bold red", markup=False)
+        return 2
+    console.print("wrote " + ", ".join(str(p) for p in written), markup=False)
     return 0
 
 

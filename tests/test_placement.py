@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.measure.placement import nodes_by_provider_from_profile, placement_note
+from bench.measure.placement import nodes_by_provider_from_profile
+from bench.report.tables import placement_note
 from tests.conftest import export_plain_onnx
 
 # The shape of an ORT profile of a CUDA session where the CUDA EP could not run NonMaxSuppression:
@@ -36,7 +37,7 @@ def test_profile_counts_each_node_once_under_the_provider_that_ran_it():
 
 
 def test_gpu_row_with_cpu_nodes_says_so_in_the_speed_table():
-    from bench.report.core import speed_table_rows
+    from bench.report.tables import speed_table_rows
 
     row = {"model": "m", "runtime": "onnxruntime", "provider": "cuda", "precision": "fp32",
            "batch_size": 1, "threads": 2, "latency_ms_p50": 1.0, "latency_ms_p90": 1.0,

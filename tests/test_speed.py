@@ -469,7 +469,7 @@ def test_environment_has_the_essentials():
 
 
 def test_report_names_the_cpu_isa_in_header_and_speed_section():
-    from bench.report.core import markdown
+    from bench.report.markdown import markdown
 
     env = {"cpu": "Test CPU", "cpu_isa": {"torch_capability": "AVX512", "avx512f": True},
            "cpu_isa_label": "AVX-512 VNNI + AMX"}  # fmt: skip

@@ -57,13 +57,3 @@ def profile_placement(
         session.run(None, {inp.name: x})
         with open(session.end_profiling(), encoding="utf-8") as f:
             return nodes_by_provider_from_profile(json.load(f))
-
-
-def placement_note(row: dict) -> str:
-    """'' when every node ran on the row's provider, else e.g. '3 of 120 nodes on cpu'."""
-    nodes = row.get("nodes_by_provider") or {}
-    total = sum(nodes.values())
-    elsewhere = {p: n for p, n in nodes.items() if p != row.get("provider")}
-    if not elsewhere:
-        return ""
-    return ", ".join(f"{n} of {total} nodes on {p}" for p, n in elsewhere.items())

@@ -208,7 +208,7 @@ def _review(rec: dict | None) -> list[str]:
 def card_markdown(results: dict, entry: dict, rec: dict | None) -> str:
     """The model card of one export (Mitchell et al. 2019 sections)."""
     from bench.measure.step import best_rows
-    from bench.report.core import cpu_isa_text
+    from bench.report.tables import cpu_isa_text
 
     name = entry["model"]
     row = best_rows(results).get(name, {})

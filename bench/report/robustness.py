@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.report.tables import md_table
 from neu import corrupt as C
 from neu._io import atomic_path, atomic_write_text
 
@@ -96,14 +97,6 @@ def summary_table(record: dict) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
-def _md_table(head, body) -> str:
-    def esc(s):
-        return str(s).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(map(esc, head)) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(map(esc, r)) + " |" for r in body])
-
-
 def markdown(results: dict) -> list[str]:
     """The report's "Robustness" section (empty without a record)."""
     rec = results.get("robustness")
@@ -127,7 +120,7 @@ def markdown(results: dict) -> list[str]:
         "pixel value / 10^(dB/10), as in Song & Yan (2013); the other corruptions follow "
         "ImageNet-C's severities 1-5. Deployment variants are evaluated on the SNR levels. "
         f"Wall time of this step: {rec['seconds']:.0f} s.",
-        _md_table(*summary_table(rec)),
+        md_table(*summary_table(rec)),
         "Song & Yan's row is their published figure (150 train / 150 test images per class, "
         "100 random partitions, hand-crafted features): a reference line, not the same "
         "protocol or test images.",
@@ -159,7 +152,7 @@ def markdown(results: dict) -> list[str]:
             f"level):\n\n![example corrupted images]({plots['examples']})"
         )
     for model in dict.fromkeys(r["model"] for r in rec["rows"]):
-        parts += [f"### Robustness: {model}", _md_table(*model_table(rec, model))]
+        parts += [f"### Robustness: {model}", md_table(*model_table(rec, model))]
     if rec.get("skipped"):
         parts.append(
             "Not evaluated under corruption: "

@@ -1,0 +1,126 @@
+"""`bench report RUN_DIR` re-renders a finished run's views from results.json alone, byte for
+byte, without torch; and results.json keeps its keys (renamed ones are listed in CHANGELOG.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS_FILE = REPO / "tests" / "data" / "results_keys.txt"
+MODEL = "shufflenet_v2_x0_5"
+VIEWS = ("results.csv", "speed.csv", "report.md", "report.html")
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """A tiny run through every step: train, speed with INT8 candidates, robustness,
+    calibration, Grad-CAM, export with parity."""
+    from bench.cli.run import run
+    from bench.config import Recipe, RunOptions
+    from bench.ui import NullReporter
+    from tests.conftest import make_neu_flat
+
+    data = make_neu_flat(tmp_path_factory.mktemp("d") / "NEU-CLS", per_class=10, size=(40, 40))
+    out = tmp_path_factory.mktemp("run")
+    recipe = Recipe(epochs=2, batch_size=8, image_size=32, eval_batch_size=16, weights="none")
+    opts = RunOptions(
+        models=MODEL, data=str(data), out=str(out), deterministic=True, variants="int8",
+        speed_min_seconds=0.0, speed_min_iters=2, speed_max_seconds=1.0, speed_rounds=1,
+        calibration_images=16, robustness="snr:30",
+    )  # fmt: skip
+    results, code = run(recipe, opts, NullReporter())
+    return out, results, code
+
+
+def key_paths(obj, prefix: str = "", names: tuple[str, ...] = ()) -> set[str]:
+    """Every key path of a results dict, lists as [] and run-specific keys (model, class and
+    file names, seeds) as <name>, so two runs of one version give the same set."""
+    out = set()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            k = "<name>" if any(n in k for n in names) or re.search(r"[/.]|seed \d", k) else k
+            path = f"{prefix}.{k}" if prefix else k
+            out.add(path)
+            out |= key_paths(v, path, names)
+    elif isinstance(obj, list):
+        for v in obj:
+            out |= key_paths(v, prefix + "[]", names)
+    return out
+
+
+def run_key_paths(results: dict) -> set[str]:
+    names = (MODEL, *results["dataset"]["classes"])
+    return key_paths(results, names=names)
+
+
+def renamed_keys() -> dict[str, str]:
+    """CHANGELOG.md's 'Renamed results.json keys' lines: `old` -> `new`."""
+    path = REPO / "CHANGELOG.md"
+    text = path.read_text() if path.is_file() else ""
+    return dict(re.findall(r"`([\w.\[\]<>]+)`\s*->\s*`([\w.\[\]<>]+)`", text))
+
+
+def test_results_json_keeps_its_keys(full_run):
+    out, results, code = full_run
+    assert code == 0, results.get("status")
+    now = run_key_paths(json.loads((out / "results.json").read_text()))
+    if os.environ.get("NEU_WRITE_KEYS"):  # regenerate after an intended change
+        KEYS_FILE.write_text("\n".join(sorted(now)) + "\n")
+    before = set(KEYS_FILE.read_text().split())
+    renamed = renamed_keys()
+    expected = {_rename(k, renamed) for k in before}
+    # Keys that only some runs have (a failure's error, a skipped step's reason) may come and
+    # go between runs of one version; every other key must be there, and no new ones unlisted.
+    missing, new = sorted(expected - now), sorted(now - expected)
+    assert not missing and not new, (
+        f"results.json keys changed against {KEYS_FILE.name}: missing {missing}, new {new}. "
+        "List a rename in CHANGELOG.md ('`old` -> `new`'); for an intended change re-run "
+        "with NEU_WRITE_KEYS=1"
+    )
+
+
+def _rename(key: str, renamed: dict[str, str]) -> str:
+    for old, new in renamed.items():
+        if key == old or key.startswith(old + ".") or key.startswith(old + "[]"):
+            return new + key[len(old) :]
+    return key
+
+
+def test_bench_report_rerenders_byte_identical_without_torch(full_run):
+    out, _, code = full_run
+    assert code == 0
+    wrote = {n: (out / n).read_bytes() for n in VIEWS if (out / n).is_file()}
+    assert {"report.md", "report.html", "results.csv", "speed.csv"} <= set(wrote)
+    json_before = (out / "results.json").read_bytes()
+    for n in wrote:
+        (out / n).unlink()
+    # torch and onnxruntime made unimportable: the views come from results.json alone.
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['onnxruntime'] = None; "
+        "from bench.__main__ import main; sys.exit(main(['report', sys.argv[1]]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    for n, data in wrote.items():
+        assert (out / n).read_bytes() == data, f"{n} differs from what bench run wrote"
+    assert (out / "results.json").read_bytes() == json_before  # not rewritten
+
+
+def test_bench_report_names_a_folder_without_results(tmp_path):
+    from bench.__main__ import main
+
+    assert main(["report", str(tmp_path)]) == 2
+    (tmp_path / "results.json").write_text("{not json")
+    from bench.cli.report import load_results
+
+    with pytest.raises(ValueError, match="results.json: not valid JSON"):
+        load_results(tmp_path)
