@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS_FILE = REPO / "tests" / "data" / "results_keys.txt"
+KEYS_FILE = REPO / "tests" / "results_keys.txt"
 MODEL = "shufflenet_v2_x0_5"
 VIEWS = ("results.csv", "speed.csv", "report.md", "report.html")
 
