@@ -16,6 +16,7 @@ from bench.measure.step import measure_model, speed_section
 from bench.registry import build_model, load_checkpoint, resolve_models
 from bench.report import core as report
 from exports.checkpoint import export_metadata
+from exports.contract import RESULTS_SCHEMA_VERSION
 
 # Without a dataset (`bench speed`) variants are calibrated and compared on seeded N(0, 1)
 # inputs, the distribution of normalised images: fidelity then covers agreement and logits,
@@ -126,7 +127,7 @@ def _named_providers(flag: str | None) -> list[str]:
 
 def _new_results(device, image_size: int) -> dict:
     return {
-        "schema_version": 1,
+        "schema_version": RESULTS_SCHEMA_VERSION,
         "kind": "speed",
         "created": _now(),
         "environment": {**speed.environment(), "device": str(device)},

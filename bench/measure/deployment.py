@@ -26,6 +26,7 @@ import torch
 
 from bench.measure import Case, Timing, file_size_mb, run_interleaved
 from bench.measure.variants import VariantSpec, plan_variants
+from exports.contract import default_providers
 from exports.fidelity import FidelityThresholds, compare_logits
 
 LATENCY_BATCH, THROUGHPUT_BATCH = 1, 32
@@ -100,7 +101,7 @@ class SpeedSettings:
             vnni=has_vnni(),
             bf16_hardware=has_bf16_hardware(),
             gpu_rows=cuda if gpu_rows is None else gpu_rows,
-            providers=providers or (("cpu", "cuda", "tensorrt") if cuda else ("cpu",)),
+            providers=providers or default_providers(cuda),
             strict_providers=opts.strict_providers,
         )
 
