@@ -72,8 +72,8 @@ class Recipe(_Checked):
     batch_size: int = 32
     """Training batch size."""
     image_size: int = 200
-    """Side of the square model input in pixels (NEU-CLS images are 200 x 200). `bench speed`
-    defaults to its --checkpoint's."""
+    """Side of the square model input in pixels (NEU-CLS images are 200 x 200). `bench speed
+    --checkpoint` defaults to the checkpoint's."""
     lr: float | None = None
     """Adam learning rate of the backbone. Default follows the weights: 1e-4 when fine-tuning
     ImageNet weights, 1e-3 from scratch."""
@@ -202,8 +202,8 @@ class DataOptions(_Checked):
 
     data: str | None = None
     """Dataset folder. Default: $NEU_DATA, then data/NEU-CLS. `bench speed --checkpoint` judges
-    every variant on its test images (its dataset and split hashes must be the checkpoint's;
-    default $NEU_DATA only); without a dataset the variants are timed, not judged."""
+    the variants on this dataset's test images (default: $NEU_DATA only; its dataset and split
+    hashes must be the checkpoint's) and, without one, only times them."""
     layout: Literal["auto", "neu-cls", "folder", "kaggle", "neu-det"] = "auto"
     """Dataset layout."""
     exclude_bad: bool = False

@@ -373,9 +373,10 @@ def _after_training(results: dict, out: Path, folds: dict, opts: RunOptions, rep
     staged: dict[str, Path] = {}  # model -> ONNX file the speed step exported (see there)
     if opts.speed:
         from bench.measure.step import measure_speed
+        from bench.release.section import assign
 
         t = time.perf_counter()
-        results.update(measure_speed(results, out, ctx, opts, reporter, staged))
+        assign(results, measure_speed(results, out, ctx, opts, reporter, staged))
         results["sweep"]["speed_seconds_actual"] = time.perf_counter() - t
         report.write_outputs(out, results)
     if opts.robustness != "none":
