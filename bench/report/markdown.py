@@ -21,190 +21,15 @@ from bench.summary import ALPHA, OPTIMISTIC, headline_split
 
 
 def markdown(results: dict) -> str:
-    quick = results.get("quick")
-    env = results.get("environment", {})
-    parts = [f"# neu-bench {results.get('kind', 'run')}: {results.get('name', '')}"]
-    if quick:
-        parts.append(
-            "> **QUICK PRESET**: a stratified subset, small images, few epochs, deployment "
-            f"variants: {(results.get('run') or {}).get('variants', '?')}. A first look, not a "
-            "benchmark result."
-        )
-    parts.append(
-        f"Created {results.get('created')} on **{env.get('device', '?')}** "
-        f"(torch {env.get('torch')}, torchvision {env.get('torchvision')}, "
-        f"onnxruntime {env.get('onnxruntime')}, {env.get('torch_threads')} torch threads; "
-        f"CPU {env.get('cpu', '?')}, {cpu_isa_text(env)})."
-    )
-    ds = results.get("dataset")
-    if ds:
-        sp = ds["split"]
-        parts.append(
-            f"Data: `{ds['root']}` ({ds['layout']}, {ds['num_images']} images, "
-            f"{len(ds['classes'])} classes); split {sp['train_images']} train / "
-            f"{sp['val_images']} val / {sp['test_images']} test (seed {sp['seed']}, "
-            f"dataset {ds['dataset_hash'][:12]}, split {ds['split_hash'][:12]}). "
-            f"Normalisation from the training split: mean {[round(v, 4) for v in ds['mean']]}, "
-            f"std {[round(v, 4) for v in ds['std']]}."
-        )
-        if ds.get("excluded"):
-            parts.append(
-                f"Excluded files ({len(ds['excluded'])}): "
-                + ", ".join(f"`{e['file']}` ({e['problem']})" for e in ds["excluded"])
-            )
-    if results.get("recipe"):
-        r = results["recipe"]
-        parts.append(
-            "Recipe: "
-            + ", ".join(f"{k}={v}" for k, v in r.items())
-            + ". Weights used: "
-            + ", ".join(f"{m}: {w}" for m, w in results.get("weights", {}).items())
-        )
-    parts += training_notes(results)
-    if results.get("rows"):
-        summary = results.get("summary") or []
-        split = headline_split(results["rows"])
-        parts.append("## Accuracy")
-        if split == "test":
-            parts.append(
-                "Headline: **test accuracy**, on test images that chose nothing (the best "
-                "epoch was picked on the validation images, then the test images were scored "
-                "once with that checkpoint)."
-            )
-        else:
-            parts.append(
-                f"> Headline: **{OPTIMISTIC}**. There is no test split (--test-fraction 0): "
-                "these images also chose the checkpoint, so the figure and its interval are "
-                "biased upwards."
-            )
-        parts.append(md_table(*summary_table_rows(results)))
-        methods = {s["ci_method"] for s in summary if s["ci_method"]}
-        if methods:
-            parts.append("Intervals: " + "; ".join(sorted(methods)) + ".")
-        tied = [s["model"] for s in summary if s.get("indistinguishable_from_best")]
-        if len(tied) > 1:
-            parts.append(
-                f"Statistically indistinguishable from the most accurate model (exact McNemar "
-                f"test on the same {split} images, p >= {ALPHA}): {', '.join(tied)}. The data "
-                "cannot rank these models; choose between them on speed or size."
-            )
-        if results.get("comparisons"):
-            parts += [
-                "### Paired comparison (exact McNemar test)",
-                f"Each cell: images only the row model got right / only the column model got "
-                f"right, and the two-sided p-value; pairs use the same {split} images (same "
-                "seed and fold), pooled over seeds and folds. p >= 0.05: no evidence that the "
-                "two differ.",
-                md_table(*comparison_matrix(results["comparisons"])),
-            ]
-        parts += [
-            "### Per model, seed and fold",
-            md_table(ROW_COLUMNS, [[cell(r.get(c)) for c in ROW_COLUMNS] for r in results["rows"]]),
-        ]
-    plots = results.get("plots") or {}
-    if plots.get("training_curves"):
-        parts += [
-            "### Training curves",
-            f"![training curves: train loss, validation loss and validation accuracy per "
-            f"epoch, one line per model and seed]({plots['training_curves']})",
-        ]
-    for name, ev in results.get("evaluation", {}).items():
-        classes = results["dataset"]["classes"]
-        head = ["true \\ predicted", *classes]
-        cm_rows = [
-            [c, *map(str, row)] for c, row in zip(classes, ev["confusion_matrix"], strict=False)
-        ]
-        pc_rows = [
-            [
-                p["class"],
-                f"{p['precision']:.3f}",
-                f"{p['recall']:.3f}",
-                f"{p['f1']:.3f}",
-                str(p["support"]),
-            ]
-            for p in ev["per_class"]
-        ]
-        split_name = "test" if ev.get("evaluated_on") == "test" else "validation"
-        parts.append(
-            f"### Confusion matrix and per-class scores: {name} ({split_name} images"
-            f"{', folds pooled' if ', ' in ev['metrics_file'] else ''})"
-        )
-        if name in plots.get("confusion", {}):
-            parts.append(
-                f"![{name}: {split_name} confusion matrix, colour = share of the true class]"
-                f"({plots['confusion'][name]})"
-            )
-        parts += [
-            md_table(head, cm_rows),
-            md_table(["class", "precision", "recall", "F1", "support"], pc_rows),
-        ]
-        if ev["misclassified_count"]:
-            shown = ev["misclassified"]
-            parts.append(
-                f"Misclassified: {ev['misclassified_count']} (first {len(shown)} below; all in "
-                f"`{ev['metrics_file']}`)"
-            )
-            parts.append(
-                md_table(
-                    ["file", "true", "predicted", "confidence"],
-                    [
-                        [m["file"], m["true"], m["predicted"], f"{m['confidence']:.3f}"]
-                        for m in shown
-                    ],
-                )
-            )
+    """report.md: one section after another, each from its own keys of results.json."""
     from bench.report.calibration import markdown as calibration_markdown
-
-    parts += calibration_markdown(results, md_table)
-    if results.get("speed"):
-        parts += [
-            "## Speed",
-            f"On {env.get('cpu', '?')} ({cpu_isa_text(env)}). "
-            "Latency of the model alone (inputs prepared before the clock), warm-up first, "
-            "then at least the configured seconds and iterations; percentiles over all samples. "
-            "Runtimes alternate over the rounds; p50/p90/p99 are medians over rounds, and "
-            "the spread is (max - min) / min of the rounds' p50s.",
-            md_table(*speed_table_rows(results)),
-        ]
-        if plots.get("latency"):
-            parts += [
-                "### Latency distribution",
-                "Drawn from the samples each speed row keeps (`latency_ms_samples` in "
-                "results.json: every sample, or 1,000 evenly strided through longer runs).",
-                f"![batch-1 latency per runtime: box p25-p75, line p50, whiskers p1-p99]"
-                f"({plots['latency']})",
-            ]
-        train_head, train_body = training_table_rows(results)
-        if train_body:
-            parts += [
-                "### Training",
-                "Pipeline efficiency = compute / (data + compute), both timed inside the same "
-                "training steps (data: index, augmentation, transfer; compute: forward, "
-                "backward, step); below ~0.9 the data path starves the model.",
-                md_table(train_head, train_body),
-            ]
-        if results.get("speed_ratios"):
-            parts += [
-                "### ONNX Runtime vs PyTorch (CPU, same threads)",
-                md_table(*ratio_table_rows(results)),
-            ]
-    parts += deployment_markdown(results)
     from bench.report.robustness import markdown as robustness_markdown
 
-    parts += robustness_markdown(results)
-    if results.get("plot"):
-        parts += ["## Accuracy vs latency", f"![accuracy vs batch-1 latency]({results['plot']})"]
-    if results.get("exports"):
-        parts += [
-            "## ONNX exports and parity",
-            f"Every {'test' if headline_split(results['rows']) == 'test' else 'validation'} "
-            "image through PyTorch and ONNX Runtime at batch 1 and 32; passes when every "
-            "top-1 agrees and max |Δ logits| is within the tolerance.",
-            md_table(*exports_table_rows(results)),
-        ]
-        from bench.report.serving import serving_markdown
-
-        parts += serving_markdown(results)
+    parts = header_section(results) + accuracy_section(results) + evaluation_section(results)
+    parts += calibration_markdown(results, md_table)
+    parts += speed_section(results) + deployment_markdown(results)
+    parts += robustness_markdown(results) + exports_section(results)
+    plots = results.get("plots") or {}
     errors = list(plots.get("errors") or []) + list(results.get("plot_errors") or [])
     if errors:
         parts.append("Plots that could not be drawn: " + "; ".join(errors))
@@ -270,6 +95,216 @@ def deployment_markdown(results: dict) -> list[str]:
         parts.append(
             f"![accuracy vs latency of the deployment variants]({results['deployment_plot']})"
         )
+    return parts
+
+
+def header_section(results: dict) -> list[str]:
+    """Title, machine, data, split, recipe and how training went."""
+    quick = results.get("quick")
+    env = results.get("environment", {})
+    parts = [f"# neu-bench {results.get('kind', 'run')}: {results.get('name', '')}"]
+    if quick:
+        parts.append(
+            "> **QUICK PRESET**: a stratified subset, small images, few epochs, deployment "
+            f"variants: {(results.get('run') or {}).get('variants', '?')}. A first look, not a "
+            "benchmark result."
+        )
+    parts.append(
+        f"Created {results.get('created')} on **{env.get('device', '?')}** "
+        f"(torch {env.get('torch')}, torchvision {env.get('torchvision')}, "
+        f"onnxruntime {env.get('onnxruntime')}, {env.get('torch_threads')} torch threads; "
+        f"CPU {env.get('cpu', '?')}, {cpu_isa_text(env)})."
+    )
+    ds = results.get("dataset")
+    if ds:
+        sp = ds["split"]
+        parts.append(
+            f"Data: `{ds['root']}` ({ds['layout']}, {ds['num_images']} images, "
+            f"{len(ds['classes'])} classes); split {sp['train_images']} train / "
+            f"{sp['val_images']} val / {sp['test_images']} test (seed {sp['seed']}, "
+            f"dataset {ds['dataset_hash'][:12]}, split {ds['split_hash'][:12]}). "
+            f"Normalisation from the training split: mean {[round(v, 4) for v in ds['mean']]}, "
+            f"std {[round(v, 4) for v in ds['std']]}."
+        )
+        if ds.get("excluded"):
+            parts.append(
+                f"Excluded files ({len(ds['excluded'])}): "
+                + ", ".join(f"`{e['file']}` ({e['problem']})" for e in ds["excluded"])
+            )
+    if results.get("recipe"):
+        r = results["recipe"]
+        parts.append(
+            "Recipe: "
+            + ", ".join(f"{k}={v}" for k, v in r.items())
+            + ". Weights used: "
+            + ", ".join(f"{m}: {w}" for m, w in results.get("weights", {}).items())
+        )
+    parts += training_notes(results)
+    return parts
+
+
+def accuracy_section(results: dict) -> list[str]:
+    """The headline accuracies with their intervals, the McNemar ties and every run's row."""
+    if not results.get("rows"):
+        return []
+    parts = []
+    summary = results.get("summary") or []
+    split = headline_split(results["rows"])
+    parts.append("## Accuracy")
+    if split == "test":
+        parts.append(
+            "Headline: **test accuracy**, on test images that chose nothing (the best "
+            "epoch was picked on the validation images, then the test images were scored "
+            "once with that checkpoint)."
+        )
+    else:
+        parts.append(
+            f"> Headline: **{OPTIMISTIC}**. There is no test split (--test-fraction 0): "
+            "these images also chose the checkpoint, so the figure and its interval are "
+            "biased upwards."
+        )
+    parts.append(md_table(*summary_table_rows(results)))
+    methods = {s["ci_method"] for s in summary if s["ci_method"]}
+    if methods:
+        parts.append("Intervals: " + "; ".join(sorted(methods)) + ".")
+    tied = [s["model"] for s in summary if s.get("indistinguishable_from_best")]
+    if len(tied) > 1:
+        parts.append(
+            f"Statistically indistinguishable from the most accurate model (exact McNemar "
+            f"test on the same {split} images, p >= {ALPHA}): {', '.join(tied)}. The data "
+            "cannot rank these models; choose between them on speed or size."
+        )
+    if results.get("comparisons"):
+        parts += [
+            "### Paired comparison (exact McNemar test)",
+            f"Each cell: images only the row model got right / only the column model got "
+            f"right, and the two-sided p-value; pairs use the same {split} images (same "
+            "seed and fold), pooled over seeds and folds. p >= 0.05: no evidence that the "
+            "two differ.",
+            md_table(*comparison_matrix(results["comparisons"])),
+        ]
+    parts += [
+        "### Per model, seed and fold",
+        md_table(ROW_COLUMNS, [[cell(r.get(c)) for c in ROW_COLUMNS] for r in results["rows"]]),
+    ]
+    return parts
+
+
+def evaluation_section(results: dict) -> list[str]:
+    """Training curves, then each model's confusion matrix, per-class scores and misclassified files."""
+    parts = []
+    plots = results.get("plots") or {}
+    if plots.get("training_curves"):
+        parts += [
+            "### Training curves",
+            f"![training curves: train loss, validation loss and validation accuracy per "
+            f"epoch, one line per model and seed]({plots['training_curves']})",
+        ]
+    for name, ev in results.get("evaluation", {}).items():
+        classes = results["dataset"]["classes"]
+        head = ["true \\ predicted", *classes]
+        cm_rows = [
+            [c, *map(str, row)] for c, row in zip(classes, ev["confusion_matrix"], strict=False)
+        ]
+        pc_rows = [
+            [
+                p["class"],
+                f"{p['precision']:.3f}",
+                f"{p['recall']:.3f}",
+                f"{p['f1']:.3f}",
+                str(p["support"]),
+            ]
+            for p in ev["per_class"]
+        ]
+        split_name = "test" if ev.get("evaluated_on") == "test" else "validation"
+        parts.append(
+            f"### Confusion matrix and per-class scores: {name} ({split_name} images"
+            f"{', folds pooled' if ', ' in ev['metrics_file'] else ''})"
+        )
+        if name in plots.get("confusion", {}):
+            parts.append(
+                f"![{name}: {split_name} confusion matrix, colour = share of the true class]"
+                f"({plots['confusion'][name]})"
+            )
+        parts += [
+            md_table(head, cm_rows),
+            md_table(["class", "precision", "recall", "F1", "support"], pc_rows),
+        ]
+        if ev["misclassified_count"]:
+            shown = ev["misclassified"]
+            parts.append(
+                f"Misclassified: {ev['misclassified_count']} (first {len(shown)} below; all in "
+                f"`{ev['metrics_file']}`)"
+            )
+            parts.append(
+                md_table(
+                    ["file", "true", "predicted", "confidence"],
+                    [
+                        [m["file"], m["true"], m["predicted"], f"{m['confidence']:.3f}"]
+                        for m in shown
+                    ],
+                )
+            )
+    return parts
+
+
+def speed_section(results: dict) -> list[str]:
+    """Latency and throughput rows, their distribution, training speed, ORT vs torch."""
+    if not results.get("speed"):
+        return []
+    env = results.get("environment", {})
+    plots = results.get("plots") or {}
+    parts = []
+    parts += [
+        "## Speed",
+        f"On {env.get('cpu', '?')} ({cpu_isa_text(env)}). "
+        "Latency of the model alone (inputs prepared before the clock), warm-up first, "
+        "then at least the configured seconds and iterations; percentiles over all samples. "
+        "Runtimes alternate over the rounds; p50/p90/p99 are medians over rounds, and "
+        "the spread is (max - min) / min of the rounds' p50s.",
+        md_table(*speed_table_rows(results)),
+    ]
+    if plots.get("latency"):
+        parts += [
+            "### Latency distribution",
+            "Drawn from the samples each speed row keeps (`latency_ms_samples` in "
+            "results.json: every sample, or 1,000 evenly strided through longer runs).",
+            f"![batch-1 latency per runtime: box p25-p75, line p50, whiskers p1-p99]"
+            f"({plots['latency']})",
+        ]
+    train_head, train_body = training_table_rows(results)
+    if train_body:
+        parts += [
+            "### Training",
+            "Pipeline efficiency = compute / (data + compute), both timed inside the same "
+            "training steps (data: index, augmentation, transfer; compute: forward, "
+            "backward, step); below ~0.9 the data path starves the model.",
+            md_table(train_head, train_body),
+        ]
+    if results.get("speed_ratios"):
+        parts += [
+            "### ONNX Runtime vs PyTorch (CPU, same threads)",
+            md_table(*ratio_table_rows(results)),
+        ]
+    return parts
+
+
+def exports_section(results: dict) -> list[str]:
+    """The accuracy-vs-latency plot, the ONNX exports with their parity, and serving."""
+    parts = []
+    if results.get("plot"):
+        parts += ["## Accuracy vs latency", f"![accuracy vs batch-1 latency]({results['plot']})"]
+    if results.get("exports"):
+        parts += [
+            "## ONNX exports and parity",
+            f"Every {'test' if headline_split(results['rows']) == 'test' else 'validation'} "
+            "image through PyTorch and ONNX Runtime at batch 1 and 32; passes when every "
+            "top-1 agrees and max |Δ logits| is within the tolerance.",
+            md_table(*exports_table_rows(results)),
+        ]
+        from bench.report.serving import serving_markdown
+
+        parts += serving_markdown(results)
     return parts
 
 
