@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 9's proof on a CPU with bf16 hardware (AMX or avx512_bf16), in one command, because
-# such a machine comes by chance (some sessions get an Intel Xeon with AMX, most an AVX2 EPYC).
+# The bf16 proof on a CPU with bf16 hardware (AMX or avx512_bf16), in one command, because
+# such a machine comes by chance: most CI machines are AVX2-only.
 #
 #   bash scripts/amx_proof.sh DATA_DIR OUT_DIR [STEPS]
 #

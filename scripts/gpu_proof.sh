@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot proof of the CUDA path on a lent GPU machine (issue 11). Prepared and dry-run on a
+# One-shot proof of the CUDA path on a lent GPU machine. Prepared and dry-run on a
 # CPU first, because device time is scarce (about 15 minutes a session, start-up included).
 #
 #   bash scripts/gpu_proof.sh DATA_DIR OUT_DIR
