@@ -1,4 +1,5 @@
-"""`bench run`: the sweep. Data once, then every (model, seed), then speed, export and parity.
+"""`bench run`: data once, then the sweep of every (model, seed, fold) (bench.train.sweep), then
+summary, speed, robustness, calibration, export and parity.
 
 Each step leaves a complete, atomically written record: results.json is rewritten after
 every model, so an interrupted sweep shows what finished, and re-running the same command
@@ -413,19 +414,20 @@ def _robustness(results, out, opts, reporter, staged) -> None:
     report.write_outputs(out, results)
 
 
-def _calibrate_and_explain(results, out, contexts, opts, reporter) -> None:
-    """Temperature, review threshold (bench.release.calibrate) and Grad-CAM (bench.release.explain) of every
-    trained model; after the speed step, whose deployment variants' logits they also score."""
+def _calibrate_and_explain(results, out, folds, opts, reporter) -> None:
+    """Temperature, review threshold (bench.release.calibrate) and Grad-CAM
+    (bench.release.explain) of every trained model; after the speed step, whose deployment
+    variants' logits they also score."""
     from bench.release.calibrate import calibrate_into
 
     if not any(r["status"] == "ok" for r in results["rows"]):
         return
     t = time.perf_counter()
-    calibrate_into(results, out, contexts, opts.target_accuracy, reporter)
+    calibrate_into(results, out, folds, opts.target_accuracy, reporter)
     if opts.explain:
         from bench.release.explain import explain_into
 
-        explain_into(results, out, contexts, reporter)
+        explain_into(results, out, folds, reporter)
     results["sweep"]["calibration_seconds_actual"] = time.perf_counter() - t
     report.write_outputs(out, results)
 

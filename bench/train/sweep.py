@@ -23,6 +23,8 @@ from neu._io import atomic_write_text
 
 @dataclass
 class Sweep:
+    """The runs of one `bench run`, models x seeds x folds, each in its run_folder."""
+
     out: Path  # --out
     folds: dict  # fold (None without --folds) -> bench.train.folds.FoldData
     names: list[str]
