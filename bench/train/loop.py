@@ -168,7 +168,7 @@ def run_epoch(net, criterion, optimizer, scheduler, scaler, data, epoch_seed, re
     generator = torch.Generator().manual_seed(epoch_seed)
     t0 = time.perf_counter()
     train = train_one_epoch(net, criterion, optimizer, scaler, data, generator, reporter)
-    scheduler.step()  # once per epoch: the tutorial's per-batch stepping decayed lr 45x too fast
+    scheduler.step()  # once per epoch: stepped per batch, the lr would decay batches-per-epoch times too fast
     t_eval = time.perf_counter()
     val_loss, logits = evaluate(net, data, data.val_idx)
     return {
