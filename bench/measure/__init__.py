@@ -6,49 +6,43 @@ timing.py (one measured run), backends.py (what is run), driver.py (rounds and r
 maxbatch.py, size.py, environment.py, pareto.py.
 """
 
-from bench.measure.backends import Backend, OnnxRuntime, TorchEager
-from bench.measure.driver import (
-    Case,
-    SpeedRow,
-    confirmed_ort_backends,
-    run_interleaved,
-    speed_rows_for_model,
-    speedup,
-)
-from bench.measure.environment import environment
-from bench.measure.maxbatch import decay_batch_step, find_max_batch, is_oom
-from bench.measure.pareto import pareto_front, plot_accuracy_vs_latency
-from bench.measure.size import count_gflops, count_params, file_size_mb
-from bench.measure.timing import (
-    Timing,
-    measure,
-    measure_with_contention,
-    summarize,
-    throughput_img_s,
-)
+# Names resolved on first use (PEP 562): importing one submodule, e.g. the torch-free
+# robustness engine that `bench robustness MODEL.onnx` runs where torch is not installed,
+# must not import the torch backends.
+_WHERE = {
+    "Backend": "backends",
+    "Case": "driver",
+    "OnnxRuntime": "backends",
+    "SpeedRow": "driver",
+    "Timing": "timing",
+    "TorchEager": "backends",
+    "confirmed_ort_backends": "driver",
+    "count_gflops": "size",
+    "count_params": "size",
+    "decay_batch_step": "maxbatch",
+    "environment": "environment",
+    "file_size_mb": "size",
+    "find_max_batch": "maxbatch",
+    "is_oom": "maxbatch",
+    "measure": "timing",
+    "measure_with_contention": "timing",
+    "pareto_front": "pareto",
+    "plot_accuracy_vs_latency": "pareto",
+    "run_interleaved": "driver",
+    "speed_rows_for_model": "driver",
+    "speedup": "driver",
+    "summarize": "timing",
+    "throughput_img_s": "timing",
+}
 
-__all__ = [
-    "Backend",
-    "Case",
-    "OnnxRuntime",
-    "SpeedRow",
-    "Timing",
-    "TorchEager",
-    "confirmed_ort_backends",
-    "count_gflops",
-    "count_params",
-    "decay_batch_step",
-    "environment",
-    "file_size_mb",
-    "find_max_batch",
-    "is_oom",
-    "measure",
-    "measure_with_contention",
-    "pareto_front",
-    "plot_accuracy_vs_latency",
-    "run_interleaved",
-    "speed_rows_for_model",
-    "speedup",
-    "summarize",
-    "throughput_img_s",
-]
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'bench.measure' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"bench.measure.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
