@@ -44,74 +44,88 @@ def summarize_models(rows: list[dict]) -> list[dict]:
     of the per-seed (pooled) accuracies.
     """
     split = headline_split(rows)
-    order = list(dict.fromkeys(r["model"] for r in rows))
     out = []
-    for name in order:
+    for name in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == name]
         ok = [r for r in mine if r["status"] == "ok"]
         folds = sorted({r.get("fold") for r in mine if r.get("fold") is not None})
-        entry = {
-            "model": name,
-            "runs": len(mine),
-            "seeds": len({r["seed"] for r in mine}),
-            "folds": len(folds) or None,
-            "failed": len(mine) - len(ok),
-            "weights": mine[0].get("weights"),
-            "amp": mine[0].get("amp"),
-            "accuracy_split": split,
-            "accuracy_label": "test accuracy" if split == "test" else OPTIMISTIC,
-            "accuracy_mean": None,
-            "accuracy_std": None,
-            "accuracy_ci95": None,
-            "ci_method": None,
-            "correct": None,
-            "images": None,
-            "fold_accuracy_mean": None,
-            "fold_accuracy_std": None,
-            "macro_f1_mean": None,
-            "val_accuracy_mean": None,
-            "train_seconds_mean": None,
-            "params_m": mine[0].get("params_m"),
-            "gflops": mine[0].get("gflops"),
-        }
+        entry = _unscored_entry(name, mine, ok, folds, split)
         if ok:
-            by_seed: dict[int, list[dict]] = {}
-            for r in ok:
-                by_seed.setdefault(r["seed"], []).append(r)
-            correct = sum(r[f"{split}_correct"] for r in ok)
-            images = sum(r[f"{split}_images"] for r in ok)
-            per_seed = [
-                sum(r[f"{split}_correct"] for r in rs) / sum(r[f"{split}_images"] for r in rs)
-                for rs in by_seed.values()
-            ]
-            stats = M.mean_ci(per_seed)
-            pooled = f", {len(folds)} folds pooled" if folds else ""
-            if len(by_seed) == 1:
-                ci = list(M.clopper_pearson(correct, images))
-                method = f"Clopper-Pearson 95% (n={images} {split} images{pooled})"
-            else:
-                ci = stats["ci95"]
-                method = f"Student-t 95% over {len(by_seed)} seeds{pooled}"
-            if folds:
-                fold_stats = M.mean_ci([r[f"{split}_accuracy"] for r in ok])
-                entry.update(
-                    fold_accuracy_mean=fold_stats["mean"], fold_accuracy_std=fold_stats["std"]
-                )
-            entry.update(
-                accuracy_mean=stats["mean"],
-                accuracy_std=stats["std"],
-                accuracy_ci95=ci,
-                ci_method=method,
-                correct=correct,
-                images=images,
-                macro_f1_mean=sum(r[f"{split}_macro_f1"] for r in ok) / len(ok),
-                val_accuracy_mean=sum(r["val_accuracy"] for r in ok) / len(ok),
-                train_seconds_mean=sum(r["train_seconds"] for r in ok) / len(ok),
-                pipeline_efficiency_mean=sum(r["pipeline_efficiency"] for r in ok) / len(ok),
-                train_img_s_mean=sum(r["train_img_s"] for r in ok) / len(ok),
-            )
+            entry.update(_scores(ok, folds, split))
         out.append(entry)
     return out
+
+
+def _unscored_entry(name: str, mine: list[dict], ok: list[dict], folds: list, split: str) -> dict:
+    """A model's entry with every score None: what a model whose runs all failed keeps."""
+    return {
+        "model": name,
+        "runs": len(mine),
+        "seeds": len({r["seed"] for r in mine}),
+        "folds": len(folds) or None,
+        "failed": len(mine) - len(ok),
+        "weights": mine[0].get("weights"),
+        "amp": mine[0].get("amp"),
+        "accuracy_split": split,
+        "accuracy_label": "test accuracy" if split == "test" else OPTIMISTIC,
+        "accuracy_mean": None,
+        "accuracy_std": None,
+        "accuracy_ci95": None,
+        "ci_method": None,
+        "correct": None,
+        "images": None,
+        "fold_accuracy_mean": None,
+        "fold_accuracy_std": None,
+        "macro_f1_mean": None,
+        "val_accuracy_mean": None,
+        "train_seconds_mean": None,
+        "params_m": mine[0].get("params_m"),
+        "gflops": mine[0].get("gflops"),
+    }
+
+
+def _scores(ok: list[dict], folds: list, split: str) -> dict:
+    """The headline accuracy of a model's successful runs, its interval, and the means."""
+    by_seed: dict[int, list[dict]] = {}
+    for r in ok:
+        by_seed.setdefault(r["seed"], []).append(r)
+    correct = sum(r[f"{split}_correct"] for r in ok)
+    images = sum(r[f"{split}_images"] for r in ok)
+    per_seed = [
+        sum(r[f"{split}_correct"] for r in rs) / sum(r[f"{split}_images"] for r in rs)
+        for rs in by_seed.values()
+    ]
+    stats = M.mean_ci(per_seed)
+    pooled = f", {len(folds)} folds pooled" if folds else ""
+    # One seed has no spread to build a t interval from; its pooled count is binomial.
+    if len(by_seed) == 1:
+        ci = list(M.clopper_pearson(correct, images))
+        method = f"Clopper-Pearson 95% (n={images} {split} images{pooled})"
+    else:
+        ci = stats["ci95"]
+        method = f"Student-t 95% over {len(by_seed)} seeds{pooled}"
+    scores = {}
+    if folds:
+        fold_stats = M.mean_ci([r[f"{split}_accuracy"] for r in ok])
+        scores.update(fold_accuracy_mean=fold_stats["mean"], fold_accuracy_std=fold_stats["std"])
+
+    def mean(key: str) -> float:
+        return sum(r[key] for r in ok) / len(ok)
+
+    scores.update(
+        accuracy_mean=stats["mean"],
+        accuracy_std=stats["std"],
+        accuracy_ci95=ci,
+        ci_method=method,
+        correct=correct,
+        images=images,
+        macro_f1_mean=mean(f"{split}_macro_f1"),
+        val_accuracy_mean=mean("val_accuracy"),
+        train_seconds_mean=mean("train_seconds"),
+        pipeline_efficiency_mean=mean("pipeline_efficiency"),
+        train_img_s_mean=mean("train_img_s"),
+    )
+    return scores
 
 
 ALPHA = 0.05
