@@ -63,6 +63,28 @@ def plot_accuracy_vs_latency(
 
     from neu._io import atomic_path
 
+    labels, lats, accs = _points(rows)
+    fig = Figure(figsize=(8, 5.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    _draw_points(ax, labels, lats, accs)
+    log_x_when_wide(ax, min(lats), max(lats))
+    ax.set_xlabel("latency p50 (ms, lower is better)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "NEU-CLS: accuracy vs latency (batch 1)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        # The temp file has no .png suffix, so name the format explicitly.
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def _points(rows: Sequence[dict]) -> tuple[list[str], list[float], list[float]]:
+    """Each row's label, p50 latency and accuracy in %; ValueError when none or a label repeats."""
     if not rows:
         raise ValueError("plot_accuracy_vs_latency() got no rows to plot")
     labels, lats, accs = [], [], []
@@ -75,11 +97,12 @@ def plot_accuracy_vs_latency(
         raise ValueError(f"one row per model & runtime expected; duplicated: {dupes}")
     if max(accs) <= 1.0:
         accs = [a * 100 for a in accs]
-    front = pareto_front(list(zip(lats, accs, strict=True)))
+    return labels, lats, accs
 
-    fig = Figure(figsize=(8, 5.5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+
+def _draw_points(ax, labels: list[str], lats: list[float], accs: list[float]) -> None:
+    """Every point, the Pareto front through the ones it keeps, and a label per point."""
+    front = pareto_front(list(zip(lats, accs, strict=True)))
     ax.scatter(lats, accs, s=30, color="tab:blue", zorder=2, label="model & runtime")
     ax.plot(
         [lats[i] for i in front],
@@ -98,23 +121,15 @@ def plot_accuracy_vs_latency(
     for lab, x, y in zip(labels, lats, accs, strict=True):
         k = seen[round(y, 6)] = seen.get(round(y, 6), -1) + 1
         ax.annotate(lab, (x, y), xytext=(4, 4 + 9 * k), textcoords="offset points", fontsize=7)
-    # Latencies across runtimes and GPUs/CPUs easily span 10x-100x: log scale keeps them apart.
-    if min(lats) > 0 and max(lats) / min(lats) > 20:
+
+
+def log_x_when_wide(ax, lo: float, hi: float) -> None:
+    """A log latency axis when the latencies span more than 20x: across runtimes and
+    GPUs/CPUs they easily span 10x-100x, which a linear axis crushes into its left edge."""
+    if lo > 0 and hi / lo > 20:
         from matplotlib.ticker import LogFormatter
 
         ax.set_xscale("log")
-        # Plain numbers (2, 5, 20 ms), not 2x10^1 mathtext.
+        # Plain numbers (0.5, 2, 20 ms), not 2x10^1 mathtext.
         ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
         ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-    ax.set_xlabel("latency p50 (ms, lower is better)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title or "NEU-CLS: accuracy vs latency (batch 1)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        # The temp file has no .png suffix, so name the format explicitly.
-        fig.savefig(tmp, format="png")
-    return path

@@ -120,31 +120,16 @@ def plot_latency_distribution(rows: list[dict], path: str | Path, *, batch_size:
     Box p25-p75, line p50, whiskers p1-p99, dots beyond them: drawn from the samples each
     speed row keeps (`latency_ms_samples`: all of them, or up to 1,000 evenly strided).
     """
-    rows = [
-        r
-        for r in rows
-        if r.get("phase") != "train"
-        and r.get("batch_size") == batch_size
-        and not r.get("max_batch")
-        and r.get("latency_ms_samples")
-    ]
-    if not rows:
-        raise ValueError(f"no batch-{batch_size} speed rows with latency samples to plot")
-    from bench.measure.pareto import row_label
+    from bench.measure.pareto import log_x_when_wide, row_label
 
-    rows = sorted(rows, key=row_label)
+    rows = _rows_with_samples(rows, batch_size)
     fig = _figure(9, 1.4 + 0.42 * len(rows))
     ax = fig.add_subplot()
     data = [r["latency_ms_samples"] for r in rows]
     labels = [f"{row_label(r)} (n={r['n']})" for r in rows]
-    import matplotlib
-
-    # matplotlib 3.10 renamed vert=False to orientation="horizontal" (and deprecates vert).
-    major, minor = (int(p) for p in matplotlib.__version__.split(".")[:2])
-    horizontal = {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
     ax.boxplot(
         data,
-        **horizontal,
+        **_horizontal(),
         whis=(1, 99),
         widths=0.6,
         flierprops={"marker": ".", "markersize": 3, "alpha": 0.5},
@@ -152,15 +137,7 @@ def plot_latency_distribution(rows: list[dict], path: str | Path, *, batch_size:
     )
     ax.set_yticks(range(1, len(rows) + 1), labels, fontsize=8)
     ax.invert_yaxis()  # first row on top, as in the tables
-    lo = min(min(d) for d in data)
-    hi = max(max(d) for d in data)
-    if lo > 0 and hi / lo > 20:
-        from matplotlib.ticker import LogFormatter
-
-        ax.set_xscale("log")
-        # Plain numbers (0.5, 2, 20 ms), not 10^1 mathtext.
-        ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-        ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    log_x_when_wide(ax, min(min(d) for d in data), max(max(d) for d in data))
     ax.set_xlabel(f"batch-{batch_size} latency (ms, lower is better)")
     ax.set_title(
         f"Latency distribution per runtime, batch {batch_size}\n"
@@ -171,6 +148,34 @@ def plot_latency_distribution(rows: list[dict], path: str | Path, *, batch_size:
     fig.tight_layout()
     _save(fig, path)
     return fig
+
+
+def _rows_with_samples(rows: list[dict], batch_size: int) -> list[dict]:
+    """The inference rows at `batch_size` that kept samples, sorted by label; ValueError if none.
+    A max-batch row is left out even when the largest batch that fitted is `batch_size`: it
+    would repeat that runtime's box."""
+    from bench.measure.pareto import row_label
+
+    rows = [
+        r
+        for r in rows
+        if r.get("phase") != "train"
+        and r.get("batch_size") == batch_size
+        and not r.get("max_batch")
+        and r.get("latency_ms_samples")
+    ]
+    if not rows:
+        raise ValueError(f"no batch-{batch_size} speed rows with latency samples to plot")
+    return sorted(rows, key=row_label)
+
+
+def _horizontal() -> dict:
+    """boxplot's keyword for horizontal boxes: matplotlib 3.10 renamed vert=False to
+    orientation="horizontal" (and deprecates vert)."""
+    import matplotlib
+
+    major, minor = (int(p) for p in matplotlib.__version__.split(".")[:2])
+    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
 
 
 def _slug(text: str) -> str:
