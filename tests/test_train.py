@@ -169,13 +169,15 @@ def test_another_precision_in_same_folder_is_refused(finished, data):
 
 def _legacy_hash(recipe: Recipe, dataset: dict) -> str:
     """How neu-bench fingerprinted a recipe before --amp had choices (amp was a bool)."""
-    # The recipe of that version: amp a bool, eval_batch_size hashed, no --folds yet.
+    # The recipe of that version: amp a bool, eval_batch_size hashed, no --folds and no
+    # --augment-corruptions yet.
     old = {**dataclasses.asdict(recipe), "amp": True}
-    del old["folds"]
+    del old["folds"], old["augment_corruptions"]
     blob = json.dumps([old, dataset["dataset_hash"], dataset["split_hash"]], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@pytest.mark.isa
 def test_run_started_before_amp_choices_still_resumes(data, finished, tmp_path):
     if finished[1]["precision"]["amp"] != "fp32":
         pytest.skip("the old version trained fp32 on every CPU; this one picks bf16 here")
