@@ -106,6 +106,28 @@ def markdown(results: dict) -> list[str]:
         return []
     parts = [
         "## Robustness: accuracy on corrupted test images",
+        _protocol(rec),
+        md_table(*summary_table(rec)),
+        "Song & Yan's row is their published figure (150 train / 150 test images per class, "
+        "100 random partitions, hand-crafted features): a reference line, not the same "
+        "protocol or test images.",
+    ]
+    if rec.get("verdict"):
+        parts.append(_verdict(rec))
+    parts += _plot_links(rec.get("plots") or {})
+    for model in dict.fromkeys(r["model"] for r in rec["rows"]):
+        parts += [f"### Robustness: {model}", md_table(*model_table(rec, model))]
+    if rec.get("skipped"):
+        parts.append(
+            "Not evaluated under corruption: "
+            + "; ".join(f"{s['model']} {s['variant']} ({s['why']})" for s in rec["skipped"])
+        )
+    return parts
+
+
+def _protocol(rec: dict) -> str:
+    """Which images, how they were corrupted and with which seed, and the step's wall time."""
+    return (
         (
             "The split has no test images: these are the validation images, which picked the "
             "checkpoint (optimistic). "
@@ -119,29 +141,33 @@ def markdown(results: dict) -> list[str]:
         "images). SNR: additive white Gaussian noise whose power is the image's mean squared "
         "pixel value / 10^(dB/10), as in Song & Yan (2013); the other corruptions follow "
         "ImageNet-C's severities 1-5. Deployment variants are evaluated on the SNR levels. "
-        f"Wall time of this step: {rec['seconds']:.0f} s.",
-        md_table(*summary_table(rec)),
-        "Song & Yan's row is their published figure (150 train / 150 test images per class, "
-        "100 random partitions, hand-crafted features): a reference line, not the same "
-        "protocol or test images.",
-    ]
-    v = rec.get("verdict")
-    if v:
-        tied = [m for m in v["indistinguishable"] if m != v["most_robust"]]
-        parts.append(
-            f"Most robust: **{v['most_robust']}** (mean {_pct(v['mean_degraded_accuracy'][v['most_robust']])} "
-            f"over {len(v['conditions'])} corrupted conditions x {rec['test_images']} images). "
-            + (
-                f"Indistinguishable from it (exact McNemar on the same corrupted images, pooled, "
-                f"p >= 0.05): {', '.join(tied)}."
-                if tied
-                else "Every other model is distinguishable from it (exact McNemar on the same "
-                "corrupted images, pooled, p < 0.05)."
-            )
-            + " The pooled test counts one image several times (once per condition), so its "
-            "p-values are optimistic; the per-condition tests are in results.json."
+        f"Wall time of this step: {rec['seconds']:.0f} s."
+    )
+
+
+def _verdict(rec: dict) -> str:
+    """The most robust model and the ones the paired test cannot tell from it."""
+    v = rec["verdict"]
+    best = v["most_robust"]
+    tied = [m for m in v["indistinguishable"] if m != best]
+    return (
+        f"Most robust: **{best}** (mean {_pct(v['mean_degraded_accuracy'][best])} "
+        f"over {len(v['conditions'])} corrupted conditions x {rec['test_images']} images). "
+        + (
+            f"Indistinguishable from it (exact McNemar on the same corrupted images, pooled, "
+            f"p >= 0.05): {', '.join(tied)}."
+            if tied
+            else "Every other model is distinguishable from it (exact McNemar on the same "
+            "corrupted images, pooled, p < 0.05)."
         )
-    plots = rec.get("plots") or {}
+        + " The pooled test counts one image several times (once per condition), so its "
+        "p-values are optimistic; the per-condition tests are in results.json."
+    )
+
+
+def _plot_links(plots: dict) -> list[str]:
+    """The section's pictures, those that were drawn."""
+    parts = []
     if plots.get("heatmap"):
         parts.append(f"![accuracy per corruption and severity]({plots['heatmap']})")
     if plots.get("snr"):
@@ -150,13 +176,6 @@ def markdown(results: dict) -> list[str]:
         parts.append(
             f"What the conditions look like (one test image, severity 3 and each SNR "
             f"level):\n\n![example corrupted images]({plots['examples']})"
-        )
-    for model in dict.fromkeys(r["model"] for r in rec["rows"]):
-        parts += [f"### Robustness: {model}", md_table(*model_table(rec, model))]
-    if rec.get("skipped"):
-        parts.append(
-            "Not evaluated under corruption: "
-            + "; ".join(f"{s['model']} {s['variant']} ({s['why']})" for s in rec["skipped"])
         )
     return parts
 
