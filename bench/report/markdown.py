@@ -37,44 +37,16 @@ def markdown(results: dict) -> str:
 
 
 def deployment_markdown(results: dict) -> list[str]:
+    """The deployment variants per model, the recommendation, the Pareto front and INT8."""
     rows = results.get("deployment") or []
     if not rows:
         return []
-    env = results.get("environment", {})
-    first = rows[0]
-    parts = [
-        "## Deployment variants",
-        f"Measured on {env.get('cpu', '?')} ({cpu_isa_text(env)}), "
-        f"{first.get('threads') or env.get('torch_threads')} threads. Every variant is timed "
-        "at batch 1 in the same interleaved rounds as torch eager FP32 ('vs torch FP32' is "
-        "the median of the per-round p50 ratios, >1: faster), then at batch 32 in a second "
-        "window (INT8 candidates: the fastest two only). Fidelity: every "
-        f"{first['fidelity_source']} image ({first['fidelity_images']}) through the variant, "
-        "compared with torch eager FP32. FP32 variants need strict parity; reduced precision "
-        "passes on the accuracy delta and top-1 agreement. A variant that fails is never "
-        "recommended.",
-    ]
+    parts = ["## Deployment variants", _deployment_method(results)]
     for model in dict.fromkeys(r["model"] for r in rows):
         parts += [f"### {model}", md_table(*deployment_table_rows(results, model))]
     rec = results.get("recommendation") or {}
-    lines = []
-    for model, r in (rec.get("by_model") or {}).items():
-        if not r.get("variant"):
-            lines.append(f"- **{model}**: {r.get('recommendation') or 'none'} ({r.get('why')})")
-            continue
-        speedup = r.get("speedup_vs_torch_fp32")
-        lines.append(
-            f"- **{model}**: `{r['variant']}` ({r['runtime']}/{r['provider']}, {r['precision']}), "
-            f"p50 {num(r['latency_ms_p50'])} ms at batch 1"
-            + ("" if speedup is None else f", {speedup:.2f}x torch eager FP32")
-            + f", agreement {pct(r.get('agreement'))}"
-            + (
-                ""
-                if r.get("accuracy_delta_pp") is None
-                else f", accuracy {r['accuracy_delta_pp']:+.2f} pp"
-            )  # fmt: skip
-            + f" ({cpu_isa_text(env)})"
-        )
+    env = results.get("environment", {})
+    lines = [_recommendation_line(m, r, env) for m, r in (rec.get("by_model") or {}).items()]
     if lines:
         parts += ["### Recommendation: the fastest variant that passed fidelity", "\n".join(lines)]
     if rec.get("pareto"):
@@ -96,6 +68,42 @@ def deployment_markdown(results: dict) -> list[str]:
             f"![accuracy vs latency of the deployment variants]({results['deployment_plot']})"
         )
     return parts
+
+
+def _deployment_method(results: dict) -> str:
+    """Where and how the variants were timed and judged, read before their tables."""
+    env = results.get("environment", {})
+    first = results["deployment"][0]
+    return (
+        f"Measured on {env.get('cpu', '?')} ({cpu_isa_text(env)}), "
+        f"{first.get('threads') or env.get('torch_threads')} threads. Every variant is timed "
+        "at batch 1 in the same interleaved rounds as torch eager FP32 ('vs torch FP32' is "
+        "the median of the per-round p50 ratios, >1: faster), then at batch 32 in a second "
+        "window (INT8 candidates: the fastest two only). Fidelity: every "
+        f"{first['fidelity_source']} image ({first['fidelity_images']}) through the variant, "
+        "compared with torch eager FP32. FP32 variants need strict parity; reduced precision "
+        "passes on the accuracy delta and top-1 agreement. A variant that fails is never "
+        "recommended."
+    )
+
+
+def _recommendation_line(model: str, r: dict, env: dict) -> str:
+    """One model's recommended variant as a list item, or why it has none."""
+    if not r.get("variant"):
+        return f"- **{model}**: {r.get('recommendation') or 'none'} ({r.get('why')})"
+    speedup = r.get("speedup_vs_torch_fp32")
+    return (
+        f"- **{model}**: `{r['variant']}` ({r['runtime']}/{r['provider']}, {r['precision']}), "
+        f"p50 {num(r['latency_ms_p50'])} ms at batch 1"
+        + ("" if speedup is None else f", {speedup:.2f}x torch eager FP32")
+        + f", agreement {pct(r.get('agreement'))}"
+        + (
+            ""
+            if r.get("accuracy_delta_pp") is None
+            else f", accuracy {r['accuracy_delta_pp']:+.2f} pp"
+        )  # fmt: skip
+        + f" ({cpu_isa_text(env)})"
+    )
 
 
 def header_section(results: dict) -> list[str]:
