@@ -126,16 +126,17 @@ def test_folds_share_one_placement_of_the_images(tmp_path):
     # --folds K builds K Contexts over one dataset: the images must be placed once (not K
     # copies in RAM or on the GPU) and every fold must read them from the same place.
     from bench.config import Recipe
-    from bench.train.loop import Context
+    from bench.train.folds import FoldData
     from neu.dataset import load_dataset
     from neu.split import make_split
 
     ds = load_dataset(make_big_dataset(tmp_path / "d", 6, 16), image_size=16, cache_dir=False)
     recipe = Recipe(image_size=16, batch_size=4, epochs=1)
     cpu = torch.device("cpu")
-    first = Context(ds, make_split(ds, folds=3, fold=0), recipe, cpu, data_placement="host")
+    first = FoldData(ds, make_split(ds, folds=3, fold=0), recipe, cpu, data_placement="host")
     ctxs = [first] + [
-        Context(ds, make_split(ds, folds=3, fold=k), recipe, cpu, images_from=first) for k in (1, 2)
+        FoldData(ds, make_split(ds, folds=3, fold=k), recipe, cpu, images_from=first)
+        for k in (1, 2)
     ]
     assert first.images.data_ptr() != ds.images.data_ptr()  # host: placed (copied) once
     for c in ctxs[1:]:

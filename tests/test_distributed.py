@@ -41,7 +41,8 @@ def _register():
 
 
 def _train(data: Path, out: Path, d: Dist, epochs: int = 1, amp: str = "off") -> dict:
-    from bench.train.loop import Context, train_one
+    from bench.train.folds import FoldData
+    from bench.train.loop import train_one
     from neu.dataset import load_dataset
     from neu.split import make_split
 
@@ -52,7 +53,7 @@ def _train(data: Path, out: Path, d: Dist, epochs: int = 1, amp: str = "off") ->
     # amp is pinned: the default `auto` means bf16 on a CPU with AVX512_BF16/AMX and fp32
     # elsewhere, and each precision needs its own tolerance below.
     recipe = Recipe(image_size=S, batch_size=7, epochs=epochs, lr=LR, channels_last=False, amp=amp)
-    ctx = Context(ds, split, recipe, torch.device("cpu"), deterministic=True, dist=d)
+    ctx = FoldData(ds, split, recipe, torch.device("cpu"), deterministic=True, dist=d)
     return train_one("tiny_convnet", 0, ctx, out, weights="none", recipe_hash="t")
 
 

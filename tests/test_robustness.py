@@ -315,9 +315,9 @@ def test_augment_corruptions_is_off_by_default_and_keeps_old_fingerprints():
 def test_augment_corruptions_changes_training_batches_only():
     import torch
 
-    from bench.train.loop import Context
+    from bench.train.folds import FoldData
 
-    class Stub:  # just what Context.augment reads
+    class Stub:  # just what FoldData.augment reads
         def __init__(self, on):
             from bench.config import Recipe
 
@@ -328,5 +328,5 @@ def test_augment_corruptions_changes_training_batches_only():
     outs = {}
     for on in (False, True):
         g = torch.Generator().manual_seed(0)
-        outs[on] = Context.augment(Stub(on), raw, g)
+        outs[on] = FoldData.augment(Stub(on), raw, g)
     assert not torch.equal(outs[False], outs[True])

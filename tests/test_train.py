@@ -298,7 +298,7 @@ def test_pipeline_efficiency_splits_the_real_steps_into_data_and_compute(
     evaluation time (made 0.2 s slower per call) must not count as training time."""
     from bench.train import loop as train
 
-    slow_augment, slow_eval = train.Context.augment, train.evaluate
+    slow_augment, slow_eval = train.FoldData.augment, train.evaluate
 
     def augment(self, raw, generator):  # the data part of every training step
         time.sleep(0.03)
@@ -308,7 +308,7 @@ def test_pipeline_efficiency_splits_the_real_steps_into_data_and_compute(
         time.sleep(0.2)
         return slow_eval(*args, **kwargs)
 
-    monkeypatch.setattr(train.Context, "augment", augment)
+    monkeypatch.setattr(train.FoldData, "augment", augment)
     monkeypatch.setattr(train, "evaluate", evaluate)
     results, code = bench_run.run(
         tiny_recipe(epochs=2), tiny_opts(data, tmp_path / "o"), NullReporter()

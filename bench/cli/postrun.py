@@ -23,11 +23,11 @@ def load_results(run_dir: Path) -> dict:
 
 
 def contexts_for_run(run_dir: Path, results: dict, data: str | None = None) -> dict:
-    """fold -> Context over the run's own dataset and split manifests."""
+    """fold -> FoldData over the run's own dataset and split manifests."""
     import torch
 
     from bench.config import Recipe
-    from bench.train.loop import Context
+    from bench.train.folds import FoldData
     from neu.dataset import load_dataset
     from neu.split import load_manifest
 
@@ -49,7 +49,7 @@ def contexts_for_run(run_dir: Path, results: dict, data: str | None = None) -> d
     contexts: dict = {}
     for m in manifests:
         split = load_manifest(Path(run_dir) / m, ds)
-        contexts[split.fold] = Context(
+        contexts[split.fold] = FoldData(
             ds, split, recipe, device, images_from=next(iter(contexts.values()), None)
         )
     return contexts

@@ -77,7 +77,7 @@ def export_section(
     --export-repository); plot (with --speed); models.<name>.onnx_size_mb; its own entries
     of the card_errors and plot_errors logs.
 
-    contexts: fold -> Context (cross-validation); each export is checked on its own
+    contexts: fold -> FoldData (cross-validation); each export is checked on its own
     fold's images. staged: model -> the ONNX file the speed step of this invocation exported
     from the same checkpoint with the same metadata; it is moved here instead of exported
     again, and the unexported ones are deleted (they were the speed step's working files)."""

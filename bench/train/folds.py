@@ -130,7 +130,6 @@ class FoldData:
 
 
 # The name bench.cli.postrun and some tests import (from bench.train.loop).
-Context = FoldData
 
 
 def place_folds(dataset, splits, recipe: Recipe, device: torch.device, **options) -> dict:

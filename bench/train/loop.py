@@ -22,7 +22,6 @@ from bench.registry import build_model, head_parameter_names
 from bench.train.checkpoints import RunFolder, best_checkpoint
 from bench.train.compile import NOT_COMPILED, compile_model
 from bench.train.distributed import Dist, wrap_model
-from bench.train.folds import Context as Context  # FoldData's other name, imported from here
 from bench.train.folds import FoldData
 from bench.train.scores import accuracy, result_row, score
 from bench.train.timing import StepClock, pipeline_figures
