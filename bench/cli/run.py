@@ -26,9 +26,8 @@ from bench.train.distributed import setup, teardown
 from bench.train.folds import place_folds
 from bench.train.sweep import Sweep
 from bench.ui import NullReporter
+from exports.contract import RESULTS_SCHEMA_VERSION
 from neu.split import save_manifest
-
-SCHEMA_VERSION = 1
 
 
 def default_name(recipe: Recipe, opts: RunOptions, names: list[str]) -> str:
@@ -340,7 +339,7 @@ def _header(name, recipe, opts, fingerprint, device, ds, splits) -> dict:
 
     env = speed.environment()
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": RESULTS_SCHEMA_VERSION,
         "name": name,
         "quick": opts.quick,
         "created": _now(),
