@@ -295,23 +295,25 @@ def exports_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+DEPLOYMENT_COLUMNS = [
+    "variant",
+    "runtime / provider",
+    "precision",
+    "p50 ms (b1)",
+    "p99 ms (b1)",
+    "img/s (b32)",
+    "vs torch FP32",
+    "MB",
+    "agreement",
+    "accuracy",
+    "Δ pp",
+    "max |Δ logit|",
+    "fidelity",
+]
+
+
 def deployment_table_rows(results: dict, model: str) -> tuple[list[str], list[list[str]]]:
     """One model's deployment variants: speed (same rounds), size and fidelity."""
-    head = [
-        "variant",
-        "runtime / provider",
-        "precision",
-        "p50 ms (b1)",
-        "p99 ms (b1)",
-        "img/s (b32)",
-        "vs torch FP32",
-        "MB",
-        "agreement",
-        "accuracy",
-        "Δ pp",
-        "max |Δ logit|",
-        "fidelity",
-    ]
     body = []
     for r in results.get("deployment", []):
         if r["model"] != model:
@@ -321,19 +323,9 @@ def deployment_table_rows(results: dict, model: str) -> tuple[list[str], list[li
                         + [f"skipped: {r['skipped']}"])  # fmt: skip
             continue
         speedup = r.get("speedup_vs_torch_fp32")
-        verdict = (
-            "PASS" if r.get("passed") else "FAIL " + "; ".join(r.get("fidelity_failures") or [])
-        )
-        if r.get("passed") is None and r.get("fidelity"):
-            verdict = r["fidelity"]  # "not judged (random weights)": never PASS
         variant = r["variant"]
         if r.get("candidate") and variant == "ort_int8":
             variant += f" ({r['candidate']}, chosen)"
-        if r.get("error"):
-            verdict = f"error: {r['error']}"
-        if r.get("compile_seconds_by_batch"):
-            secs = ", ".join(f"b{b}: {v:.1f} s" for b, v in r["compile_seconds_by_batch"].items())
-            verdict += f" (compile {secs}, not in latency)"
         delta = r.get("accuracy_delta_pp")
         body.append(
             [
@@ -349,10 +341,24 @@ def deployment_table_rows(results: dict, model: str) -> tuple[list[str], list[li
                 pct(r.get("test_accuracy")),
                 "-" if delta is None else f"{delta:+.2f}",
                 num(r.get("max_abs_logit_diff"), ".2e"),
-                verdict.strip(),
+                _fidelity_cell(r),
             ]
         )
-    return head, body
+    return list(DEPLOYMENT_COLUMNS), body
+
+
+def _fidelity_cell(r: dict) -> str:
+    """PASS, FAIL with the failed checks, the reason it was not judged, or the error; then
+    any compile time, which the latency columns leave out."""
+    verdict = "PASS" if r.get("passed") else "FAIL " + "; ".join(r.get("fidelity_failures") or [])
+    if r.get("passed") is None and r.get("fidelity"):
+        verdict = r["fidelity"]  # "not judged (random weights)": never PASS
+    if r.get("error"):
+        verdict = f"error: {r['error']}"
+    if r.get("compile_seconds_by_batch"):
+        secs = ", ".join(f"b{b}: {v:.1f} s" for b, v in r["compile_seconds_by_batch"].items())
+        verdict += f" (compile {secs}, not in latency)"
+    return verdict.strip()
 
 
 def md_table(head: list[str], body: list[list[str]]) -> str:
