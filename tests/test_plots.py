@@ -204,7 +204,7 @@ def test_accuracy_vs_latency_tells_variants_of_one_runtime_apart(tmp_path):
     error ended `bench run` after training, before its exports were recorded."""
     from bench.measure import plot_accuracy_vs_latency
 
-    rows = [{**r, "val_accuracy": 0.96} for r in _cpu_variant_rows()]
+    rows = [{**r, "accuracy": 0.96} for r in _cpu_variant_rows()]
     path = plot_accuracy_vs_latency(rows, tmp_path / "p.png", ylabel="test accuracy (%)")
     assert _png(path)[0] == "PNG"
 
@@ -224,7 +224,7 @@ def test_latency_boxes_and_the_pareto_plot_name_variants_alike(tmp_path):
     assert "shufflenet_v2_x1_0 · torch_compile_fp32" in boxes
     assert sorted(boxes) == sorted(row_label(r) for r in rows)
     # the Pareto plot refuses duplicated labels: the same rows plot there too
-    plot_accuracy_vs_latency([{**r, "val_accuracy": 0.96} for r in rows], tmp_path / "p.png")
+    plot_accuracy_vs_latency([{**r, "accuracy": 0.96} for r in rows], tmp_path / "p.png")
 
 
 def test_a_plot_that_fails_is_recorded_and_the_export_step_goes_on(tmp_path, monkeypatch):

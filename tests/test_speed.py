@@ -507,13 +507,13 @@ def test_plot_is_a_valid_png(tmp_path):
 
     rows = [
         {"model": "resnet50", "runtime": "torch", "provider": "cpu", "latency_ms_p50": 80.0,
-         "val_accuracy": 0.99},
+         "accuracy": 0.99},
         {"model": "resnet50", "runtime": "onnxruntime", "provider": "cpu", "latency_ms_p50": 40.0,
-         "val_accuracy": 0.99},
+         "accuracy": 0.99},
         {"model": "shufflenet_v2_x1_0", "runtime": "onnxruntime", "provider": "cpu",
-         "latency_ms_p50": 2.0, "val_accuracy": 0.97},
+         "latency_ms_p50": 2.0, "accuracy": 0.97},
         {"model": "vgg16_bn", "runtime": "torch", "provider": "cuda", "precision": "fp16",
-         "latency_ms_p50": 3.0, "val_accuracy": 0.96},
+         "latency_ms_p50": 3.0, "accuracy": 0.96},
     ]  # fmt: skip
     out = speed.plot_accuracy_vs_latency(rows, tmp_path / "plots" / "acc_vs_latency.png")
     assert out == tmp_path / "plots" / "acc_vs_latency.png"

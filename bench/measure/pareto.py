@@ -52,8 +52,8 @@ def plot_accuracy_vs_latency(
 ) -> Path:
     """Accuracy vs p50 latency scatter, one labelled point per row, Pareto front marked.
 
-    rows: dicts with model, runtime, provider, latency_ms_p50, val_accuracy (a fraction in
-    [0, 1] as stored in checkpoints; plotted in %; values > 1 are taken as already in %),
+    rows: dicts with model, runtime, provider, latency_ms_p50, accuracy (a fraction in
+    [0, 1], whichever split the ylabel names; plotted in %; values > 1 are taken as already in %),
     optionally variant, precision and batch_size. Pass one row per model & runtime or variant
     (normally the batch-1 rows); duplicate labels raise ValueError. Written atomically as PNG.
     Uses matplotlib's object API with the Agg canvas, so pyplot's global state is untouched.
@@ -91,7 +91,7 @@ def _points(rows: Sequence[dict]) -> tuple[list[str], list[float], list[float]]:
     for r in rows:
         labels.append(row_label(r))
         lats.append(float(r["latency_ms_p50"]))
-        accs.append(float(r["val_accuracy"]))
+        accs.append(float(r["accuracy"]))
     dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dupes:
         raise ValueError(f"one row per model & runtime expected; duplicated: {dupes}")
