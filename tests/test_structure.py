@@ -129,3 +129,29 @@ def test_the_cycle_finder_finds_cycles():
     g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(g) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    out = []
+    for mod, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    out.append(f"{mod}.{node.name}: {n} lines")
+    return sorted(out)
+
+
+def test_no_function_is_longer_than_a_screen():
+    """The pipeline reads top to bottom in small named steps (torchvision's train_one_epoch and
+    evaluate are about 40 lines each)."""
+    assert long_functions() == [], (
+        f"over {MAX_FUNCTION_LINES} lines: split by meaning\n" + "\n".join(long_functions())
+    )
+
+
+def test_the_length_check_sees_long_functions():
+    assert long_functions(limit=40)  # the limit is real: several functions exceed 40 lines
