@@ -367,13 +367,13 @@ def _after_training(results: dict, out: Path, folds: dict, opts: RunOptions, rep
     ctx = next(iter(folds.values()))
     # Computed once: every later step and view reads these keys.
     results.update(summarize(out, results))
-    from bench.measure.step import record_checkpoint_sizes
+    from bench.measure.step import checkpoint_sizes_section
+    from bench.release.section import assign
 
-    record_checkpoint_sizes(results, out)  # shown in the report with or without --no-speed
+    assign(results, checkpoint_sizes_section(results, out))  # in the report with --no-speed too
     staged: dict[str, Path] = {}  # model -> ONNX file the speed step exported (see there)
     if opts.speed:
         from bench.measure.step import measure_speed
-        from bench.release.section import assign
 
         t = time.perf_counter()
         assign(results, measure_speed(results, out, ctx, opts, reporter, staged))

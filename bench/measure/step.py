@@ -37,13 +37,15 @@ def best_rows(results: dict) -> dict[str, dict]:
     return best
 
 
-def record_checkpoint_sizes(results: dict, out: Path) -> None:
-    """models.<name>.checkpoint_size_mb of each model's shipped checkpoint (best seed), with
-    or without the speed step: the file exists once training has saved it."""
+def checkpoint_sizes_section(results: dict, out: Path) -> dict:
+    """{"models": {name: {"checkpoint_size_mb"}}} of each model's shipped checkpoint (best
+    seed), with or without the speed step: the file exists once training has saved it."""
+    sizes = {}
     for name, row in best_rows(results).items():
         ckpt = out / row["checkpoint"]
         if ckpt.is_file():
-            results["models"].setdefault(name, {})["checkpoint_size_mb"] = speed.file_size_mb(ckpt)
+            sizes[name] = {"checkpoint_size_mb": speed.file_size_mb(ckpt)}
+    return {"models": sizes}
 
 
 def row_metadata(meta: dict, row: dict) -> dict:
