@@ -217,3 +217,19 @@ def evaluations(out: Path, results: dict) -> tuple[dict, dict]:
             "metrics_file": ", ".join(ev["files"]),
         }
     return evals, predictions
+
+
+def best_rows(results: dict) -> dict[str, dict]:
+    """Per model, the ok row (seed, fold) whose checkpoint we ship: picked on validation
+    accuracy then loss, like the epoch, so the test figures stay out of the choice."""
+    best: dict[str, dict] = {}
+    for row in results.get("rows", []):
+        if row["status"] != "ok":
+            continue
+        cur = best.get(row["model"])
+        if cur is None or (row["val_accuracy"], -row["val_loss"]) > (
+            cur["val_accuracy"],
+            -cur["val_loss"],
+        ):
+            best[row["model"]] = row
+    return best

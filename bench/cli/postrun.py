@@ -87,10 +87,10 @@ def explain_command(
 ) -> list[dict]:
     """Grad-CAM PNGs of `model`'s shipped checkpoint: for the given image files (true class
     from the run's split manifest when the file is in it), else the run's default set."""
-    from bench.measure.step import best_rows
     from bench.registry import load_checkpoint
     from bench.release.explain import explain, explain_row
     from bench.report.calibration import shipped_record
+    from bench.summary import best_rows
     from exports.runtime import collect_images
     from neu.image import load_image, normalize
 

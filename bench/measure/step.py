@@ -16,25 +16,10 @@ import torch
 
 from bench import measure as speed
 from bench.registry import load_checkpoint
+from bench.summary import best_rows
 from exports.checkpoint import export_metadata
 
 BATCH_SIZES = (1, 32)
-
-
-def best_rows(results: dict) -> dict[str, dict]:
-    """Per model, the ok row (seed, fold) whose checkpoint we ship: picked on validation
-    accuracy then loss, like the epoch, so the test figures stay out of the choice."""
-    best: dict[str, dict] = {}
-    for row in results["rows"]:
-        if row["status"] != "ok":
-            continue
-        cur = best.get(row["model"])
-        if cur is None or (row["val_accuracy"], -row["val_loss"]) > (
-            cur["val_accuracy"],
-            -cur["val_loss"],
-        ):
-            best[row["model"]] = row
-    return best
 
 
 def checkpoint_sizes_section(results: dict, out: Path) -> dict:

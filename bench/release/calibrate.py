@@ -188,8 +188,8 @@ def calibration_section(results: dict, out: Path, contexts: dict, target: float,
     Owns: calibration (one record per trained row, one per judged variant, and the plots:
     reliability diagram per model, risk-coverage curves); its own entries of the plot_errors
     log."""
-    from bench.measure.step import best_rows
     from bench.report.calibration import write_plots
+    from bench.summary import best_rows
 
     out = Path(out)
     cal = {"target_accuracy": target, "n_bins": C.N_BINS, "rows": [], "variants": []}
@@ -263,7 +263,7 @@ def _variant_records(results: dict, out: Path, rows: list[dict]) -> list[dict]:
 
 
 def row_logits_labels(out: Path, results: dict, model: str):
-    from bench.measure.step import best_rows
+    from bench.summary import best_rows
 
     row = best_rows(results).get(model)
     path = row_folder(out, row) / LOGITS_FILE if row else None

@@ -202,7 +202,7 @@ def explanations_section(results: dict, out: Path, contexts: dict, reporter) -> 
 
     Owns: explanations (per shipped model, the records of its PNGs, paths relative to the
     run folder as the report embeds them, and how many images it misclassified)."""
-    from bench.measure.step import best_rows
+    from bench.summary import best_rows
 
     out = Path(out)
     ex: dict = {"models": {}}

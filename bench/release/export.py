@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import measure as speed
-from bench.measure.step import best_rows, row_metadata
+from bench.measure.step import row_metadata
 from bench.registry import load_checkpoint
 from bench.release.section import assign, view
-from bench.summary import headline_split, summarize_models
+from bench.summary import best_rows, headline_split, summarize_models
 
 
 def _batch1_latency(rows: list[dict], name: str, runtime: str = "torch") -> float | None:

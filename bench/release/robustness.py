@@ -8,23 +8,11 @@ from pathlib import Path
 from bench.measure import robustness as R
 from bench.release.section import assign
 from bench.report import robustness as V
+from bench.summary import best_rows
 from neu import corrupt as C
 
 # Deployment artifacts that ONNX Runtime runs from their own file (bench.measure.deployment names).
 _FILE_SUFFIX = {"onnx:int8": ".int8.onnx", "onnx:fp16": ".fp16.onnx"}
-
-
-def _best_rows(results: dict) -> dict[str, dict]:
-    # Same pick as bench.measure.step.best_rows (the shipped checkpoint), without importing torch.
-    best: dict[str, dict] = {}
-    for row in results.get("rows", []):
-        if row["status"] != "ok":
-            continue
-        cur = best.get(row["model"])
-        key = (row["val_accuracy"], -row["val_loss"])
-        if cur is None or key > (cur["val_accuracy"], -cur["val_loss"]):
-            best[row["model"]] = row
-    return best
 
 
 def _fp32_file(results: dict, out: Path, name: str, staged: dict) -> tuple[Path | None, str]:
@@ -48,7 +36,7 @@ def run_predictors(results: dict, out: Path, threads=None, staged=None):
     ONNX file, on the SNR levels."""
     staged = staged or {}
     predictors, skipped = [], []
-    for name, row in _best_rows(results).items():
+    for name, row in best_rows(results).items():
         ckpt = out / row["checkpoint"]
         fingerprint = R.file_sha256(ckpt) if ckpt.is_file() else None
         path, proof = _fp32_file(results, out, name, staged)
@@ -120,7 +108,7 @@ def robustness_section(results: dict, out: Path, *, data, spec: str, seed: int, 
     predictors, skipped = run_predictors(results, Path(out), threads=threads, staged=staged)
     if not predictors:
         return {}
-    best = _best_rows(results)
+    best = best_rows(results)
     first = best[predictors[0].model]
     # With --folds each model's shipped checkpoint may come from another fold: only those of
     # the first one's fold are evaluated (another fold's test images were its training data).

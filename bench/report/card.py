@@ -42,7 +42,7 @@ def review_metadata(rec: dict | None) -> dict | None:
 
 def summary(results: dict, entry: dict, rec: dict | None) -> dict:
     """The card's headline figures, for the file's metadata (neu_bench.model_card)."""
-    from bench.measure.step import best_rows
+    from bench.summary import best_rows
 
     row = best_rows(results).get(entry["model"], {})
     env = results.get("environment") or {}
@@ -207,7 +207,7 @@ def _review(rec: dict | None) -> list[str]:
 
 def card_markdown(results: dict, entry: dict, rec: dict | None) -> str:
     """The model card of one export (Mitchell et al. 2019 sections)."""
-    from bench.measure.step import best_rows
+    from bench.summary import best_rows
 
     name = entry["model"]
     row = best_rows(results).get(name, {})
