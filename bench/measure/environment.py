@@ -39,6 +39,8 @@ def environment() -> dict:
         "onnx": version("onnx"),
         "onnxruntime": None,
         "ort_available_providers": [],
+        # The openvino_* rows exist only where it is installed (None: those rows are skipped).
+        "openvino": version("openvino"),
         # Load when the numbers were taken: on a shared box a busy neighbour can double latency.
         "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "cpu_pressure_some_avg10": _cpu_pressure(),
