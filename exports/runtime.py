@@ -88,7 +88,9 @@ def create_session(
         raise ModelFormatError(f"{path} does not exist or is not a file: {FIX}")
     available = ort.get_available_providers()
     wanted = _wanted_providers(provider, available, strict=strict)
-    strict_placement = disable_cpu_fallback and provider != "cpu" and wanted[0] in available
+    # Only a GPU session can keep nodes off the CPU: a CPU session (asked for, or the fallback
+    # of strict=False) keeps its one provider.
+    strict_placement = disable_cpu_fallback and wanted[0] != _CPU and wanted[0] in available
     providers: list = [p for p in wanted if p in available and not (strict_placement and p == _CPU)]
     if provider_options:
         providers[0] = (providers[0], dict(provider_options))

@@ -162,6 +162,19 @@ def test_gpu_provider_fallback_is_detected(onnx_path):
         create_session(onnx_path, provider="gpu")
 
 
+def test_a_missing_gpu_provider_falls_back_whole_with_strict_placement(onnx_path, monkeypatch):
+    """strict=False and --strict-providers with a GPU provider this build lacks: a plain CPU
+    session, not one with no provider left."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    session, actual = create_session(
+        onnx_path, provider="cuda", strict=False, disable_cpu_fallback=True,
+        provider_options={"device_id": "0"},
+    )  # fmt: skip
+    assert actual == "cpu" and session.get_providers() == ["CPUExecutionProvider"]
+
+
 @pytest.mark.needs_cuda
 def test_cuda_provider_runs_and_agrees_with_cpu(onnx_path):
     pixels = np.random.default_rng(0).integers(0, 256, (8, 1, SIZE, SIZE), dtype=np.uint8)
