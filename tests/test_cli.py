@@ -254,7 +254,9 @@ def test_speed_step_files_of_models_not_exported_are_deleted(tmp_path):
           "test_accuracy": 0.9, "test_correct": 9, "test_images": 10, "val_accuracy": 0.9,
           "val_loss": 0.3, "test_macro_f1": 0.9, "train_seconds": 1.0,
           "pipeline_efficiency": 0.9, "train_img_s": 10.0}  # fmt: skip
-    results = {"rows": [ok], "speed": []}
+    from bench.summary import summarize_models
+
+    results = {"rows": [ok], "summary": summarize_models([ok]), "speed": []}
     opts = SimpleNamespace(export="none", speed=False)
     exporting.export_and_verify(results, tmp_path, None, opts, None, staged={"m": staged})
     assert results["export_selection"] == {"how": "none", "models": []}

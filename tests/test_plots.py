@@ -238,7 +238,10 @@ def test_a_plot_that_fails_is_recorded_and_the_export_step_goes_on(tmp_path, mon
           "test_accuracy": 0.96, "test_correct": 346, "test_images": 360, "val_accuracy": 0.94,
           "val_loss": 0.2, "test_macro_f1": 0.96, "train_seconds": 600.0,
           "pipeline_efficiency": 0.98, "train_img_s": 30.0}  # fmt: skip
-    results = {"rows": [ok], "speed": _cpu_variant_rows()}
-    exporting._plot(results, tmp_path)  # must not raise
+    from bench.release.section import assign
+    from bench.summary import summarize_models
+
+    results = {"rows": [ok], "summary": summarize_models([ok]), "speed": _cpu_variant_rows()}
+    assign(results, exporting.plot_section(results, tmp_path))  # must not raise
     assert results["plot_errors"] == ["accuracy vs latency: RuntimeError: no display"]
     assert "plot" not in results

@@ -9,7 +9,7 @@ from bench import measure as speed
 from bench.measure.step import row_metadata
 from bench.registry import load_checkpoint
 from bench.release.section import assign, view
-from bench.summary import best_rows, headline_split, summarize_models
+from bench.summary import best_rows, headline_split
 
 
 def _batch1_latency(rows: list[dict], name: str, runtime: str = "torch") -> float | None:
@@ -26,17 +26,9 @@ def _batch1_latency(rows: list[dict], name: str, runtime: str = "torch") -> floa
     return None
 
 
-def model_summary(results: dict) -> list[dict]:
-    """results.json `summary`, which bench.summary computes once training has ended; computed
-    from the rows only for a results dict that lacks it (one assembled by hand)."""
-    if "summary" in results:
-        return results["summary"]
-    return summarize_models(results["rows"])
-
-
 def select_exports(results: dict, how: str) -> tuple[list[str], str]:
     """Models to export, and why. how: best | pareto | all | none | comma list."""
-    summary = model_summary(results)
+    summary = results["summary"]  # bench.summary, computed once when training ended
     ok = [s["model"] for s in summary if s["accuracy_mean"] is not None]
     if how == "none" or not ok:
         return [], "none"
@@ -319,7 +311,7 @@ def _fidelity_figures(row: dict, results: dict) -> dict:
 def plot_section(results: dict, out: Path) -> dict:
     """Accuracy vs batch-1 FP32 latency of every measured runtime: results.json `plot`, or
     this step's entry of the plot_errors log when the picture fails."""
-    summary = {s["model"]: s for s in model_summary(results)}
+    summary = {s["model"]: s for s in results["summary"]}
     points = []
     for r in results["speed"]:
         if (
@@ -341,8 +333,3 @@ def plot_section(results: dict, out: Path) -> dict:
     except Exception as e:  # a picture must never cost the run its numbers and exports
         return {"plot_errors": [f"accuracy vs latency: {type(e).__name__}: {e}"]}
     return {"plot": "accuracy_vs_latency.png"}
-
-
-def _plot(results: dict, out: Path) -> None:
-    """The plot alone, assigned into results as export_and_verify does with --speed."""
-    assign(results, plot_section(results, out))
