@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.report.plots import _figure, _save
+from bench.report.tables import md_table
 
 
 def shipped_record(results: dict, model: str) -> dict | None:
@@ -154,7 +155,7 @@ def _review_table(rows: list[dict]) -> list[str]:
     return [head, body]
 
 
-def markdown(results: dict, md_table) -> list[str]:
+def markdown(results: dict) -> list[str]:
     """The report's calibration, review-threshold and explanation sections."""
     cal = results.get("calibration")
     parts: list[str] = []

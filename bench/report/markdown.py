@@ -26,7 +26,7 @@ def markdown(results: dict) -> str:
     from bench.report.robustness import markdown as robustness_markdown
 
     parts = header_section(results) + accuracy_section(results) + evaluation_section(results)
-    parts += calibration_markdown(results, md_table)
+    parts += calibration_markdown(results)
     parts += speed_section(results) + deployment_markdown(results)
     parts += robustness_markdown(results) + exports_section(results)
     plots = results.get("plots") or {}
