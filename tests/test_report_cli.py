@@ -76,8 +76,8 @@ def test_results_json_keeps_its_keys(full_run):
     before = set(KEYS_FILE.read_text().split())
     renamed = renamed_keys()
     expected = {_rename(k, renamed) for k in before}
-    # Keys that only some runs have (a failure's error, a skipped step's reason) may come and
-    # go between runs of one version; every other key must be there, and no new ones unlisted.
+    # Both ways: a key that went missing breaks readers of results.json, and a new one must be
+    # recorded (in this list, and in CHANGELOG.md) before it becomes part of the format.
     missing, new = sorted(expected - now), sorted(now - expected)
     assert not missing and not new, (
         f"results.json keys changed against {KEYS_FILE.name}: missing {missing}, new {new}. "
