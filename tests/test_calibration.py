@@ -116,6 +116,13 @@ def test_no_threshold_reaching_the_target_says_so():
     r = operating_point([0.9, 0.8], [False, True], [0.7], [True], 0.995)
     assert r["threshold"] is None
     assert "no confidence threshold" in r["reason"] and "0.995" in r["reason"]
+    # Every image then goes to review: coverage 0 of all, no automatic decision to score; and
+    # the record has the keys of one that found a threshold (one schema for results.json).
+    assert (r["val_coverage"]["count"], r["val_coverage"]["of"]) == (0, 2)
+    assert (r["test_coverage"]["value"], r["test_auto_accuracy"]["of"]) == (0.0, 0)
+    assert r["test_auto_accuracy"]["value"] is None
+    found = operating_point([0.9, 0.8], [True, True], [0.7], [True], 0.995)
+    assert found["reason"] is None and set(found) == set(r)
 
 
 def test_risk_coverage_and_its_area():

@@ -261,3 +261,41 @@ def test_speed_step_files_of_models_not_exported_are_deleted(tmp_path):
     exporting.export_and_verify(results, tmp_path, None, opts, None, staged={"m": staged})
     assert results["export_selection"] == {"how": "none", "models": []}
     assert not staged.exists()  # a working file of the speed step, not an export
+
+
+def test_the_recommended_record_has_one_set_of_keys_whatever_the_variant(tmp_path):
+    """Which variant is recommended depends on the machine's speed; the keys of its record in
+    results.json must not."""
+    import shutil
+
+    import torch
+
+    from bench.release.export import export_recommended
+    from tests.conftest import export_plain_onnx
+
+    (tmp_path / "exports").mkdir()
+    fp32 = export_plain_onnx(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 6)),
+                             tmp_path / "exports" / "m.onnx", 4)  # fmt: skip
+    (tmp_path / "variants" / "m").mkdir(parents=True)
+    shutil.copyfile(fp32, tmp_path / "variants" / "m" / "m.int8.onnx")
+    (tmp_path / "m" / "seed0").mkdir(parents=True)
+    (tmp_path / "m" / "seed0" / "best.pt").write_bytes(b"\0" * 1000)
+    fid = {"runtime": "x", "agreement": 1.0, "test_accuracy": 0.9, "accuracy_delta_pp": 0.0,
+           "max_abs_logit_diff": 0.0, "fidelity_images": 10, "fidelity_source": "test split",
+           "fidelity_rule": "r", "latency_ms_p50": 1.0, "speedup_vs_torch_fp32": 1.0,
+           "passed": True}  # fmt: skip
+    variants = {"torch_bf16": ("torch", "bf16"), "ort_fp32": ("onnx:fp32", "fp32"),
+                "ort_int8": ("onnx:int8", "int8")}  # fmt: skip
+    deployment = [{**fid, "model": "m", "variant": v, "precision": p}
+                  for v, (_, p) in variants.items()]  # fmt: skip
+    ok = {"status": "ok", "model": "m", "seed": 0, "val_accuracy": 0.9, "test_accuracy": 0.9,
+          "checkpoint": "m/seed0/best.pt", "val_loss": 0.1}  # fmt: skip
+    results = {"deployment": deployment, "rows": [ok], "environment": {}}
+    records = {
+        v: export_recommended({"variant": v, "artifact": a}, "m", tmp_path, fp32, results)
+        for v, (a, _) in variants.items()
+    }
+    assert {r["kind"] for r in records.values()} == {"checkpoint", "onnx"}
+    assert records["torch_bf16"]["size_mb"] == 0.001 and records["ort_int8"]["precision"] == "int8"
+    keys = {v: set(r) for v, r in records.items()}
+    assert keys["torch_bf16"] == keys["ort_fp32"] == keys["ort_int8"], keys

@@ -65,15 +65,17 @@ def operating_point(
     val_conf, eval_conf = np.asarray(val_conf), np.asarray(eval_conf)
     val_correct, eval_correct = np.asarray(val_correct, bool), np.asarray(eval_correct, bool)
     t = C.select_threshold(val_conf, val_correct, target)
-    rec = {"target_accuracy": target, "threshold": t, "chosen_on": "validation"}
+    rec = {"target_accuracy": target, "threshold": t, "chosen_on": "validation", "reason": None}
     if t is None:
         rec["reason"] = (
             f"no confidence threshold makes the automatic decisions reach accuracy {target} on "
             f"the {len(val_conf)} validation images (all of them: "
             f"{val_correct.mean() if len(val_conf) else float('nan'):.4f})"
         )
-        return rec
-    v_auto, e_auto = val_conf >= t, eval_conf >= t
+    # Without a threshold every image goes to review: coverage 0, and no automatic decision
+    # to be right or wrong. The same keys either way: readers of results.json see one schema.
+    v_auto = val_conf >= t if t is not None else np.zeros(len(val_conf), bool)
+    e_auto = eval_conf >= t if t is not None else np.zeros(len(eval_conf), bool)
     rec["val_coverage"] = _share(int(v_auto.sum()), len(val_conf))
     rec["val_auto_accuracy"] = _share(int(val_correct[v_auto].sum()), int(v_auto.sum()))
     rec[f"{eval_split}_coverage"] = _share(int(e_auto.sum()), len(eval_conf))

@@ -252,9 +252,14 @@ def export_recommended(
         r for r in results["deployment"] if r["model"] == name and r["variant"] == rec["variant"]
     )
     figures = _fidelity_figures(row, results)
+    # The same keys whatever the variant (readers of results.json see one schema); the file's
+    # own test figures only where it is a copy of its own (INT8/FP16), null elsewhere.
+    own = dict.fromkeys(("file_test_accuracy", "file_test_correct", "file_test_precision",
+                         "torch_test_accuracy"))  # fmt: skip
     if artifact not in ARTIFACT_SUFFIX:  # a torch variant: the checkpoint is the artifact
-        best = best_rows(results)[name]
-        return {"variant": rec["variant"], "path": best["checkpoint"], "kind": "checkpoint"}
+        ckpt = best_rows(results)[name]["checkpoint"]
+        return {**own, "variant": rec["variant"], "path": ckpt, "kind": "checkpoint",
+                "precision": row["precision"], "size_mb": speed.file_size_mb(out / ckpt)}  # fmt: skip
     dst = fp32_path.with_name(name + ARTIFACT_SUFFIX[artifact])
     if dst != fp32_path:
         src = out / "variants" / name / dst.name
@@ -262,7 +267,6 @@ def export_recommended(
     update_metadata(
         dst, {"fidelity": json.dumps(figures, sort_keys=True), "deployment_variant": rec["variant"]}
     )
-    own = {}
     if held_out is not None and dst != fp32_path:  # an INT8/FP16 copy states its own figure
         own = _stamp_own_figures(dst, None, *held_out)
     return {

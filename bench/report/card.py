@@ -30,7 +30,10 @@ def review_metadata(rec: dict | None) -> dict | None:
     if rec is None:
         return None
     r, split = rec["review"], rec["evaluated_on"]
-    out = {k: r[k] for k in ("threshold", "target_accuracy", "chosen_on", "reason") if k in r}
+    out = {k: r[k] for k in ("threshold", "target_accuracy", "chosen_on") if k in r}
+    if r["threshold"] is None:  # every image goes to review: why, and no coverage figures
+        out["reason"] = r.get("reason")
+        return out
     for part in ("val", split):
         cov, acc = r.get(f"{part}_coverage"), r.get(f"{part}_auto_accuracy")
         if cov:
