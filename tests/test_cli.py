@@ -263,6 +263,67 @@ def test_speed_step_files_of_models_not_exported_are_deleted(tmp_path):
     assert not staged.exists()  # a working file of the speed step, not an export
 
 
+def test_a_run_killed_after_the_speed_step_keeps_its_rows_when_resumed(
+    tmp_path, monkeypatch, capsys
+):
+    from bench.release import export as exporting
+
+    data = make_neu_flat(tmp_path / "NEU-CLS", per_class=8, size=(40, 40))
+    out = tmp_path / "run"
+    argv = [
+        "run", "--quick", "--models", "shufflenet_v2_x0_5", "--data", str(data),
+        "--out", str(out), "--weights", "none", "--image-size", "32", "--epochs", "1",
+        "--speed-min-seconds", "0", "--speed-min-iters", "3", "--export", "best",
+        "--variants", "int8", "--calibration-images", "8", "--robustness", "none",
+        "--no-explain",
+    ]  # fmt: skip
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exporting, "export_and_verify", killed)
+    assert main(argv) == 130  # Ctrl-C while exporting: the speed step had finished
+    first = json.loads((out / "results.json").read_text())
+    assert first["sweep"]["speed_models_kept"] == [] and first["deployment"]
+    monkeypatch.undo()
+    capsys.readouterr()
+
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    again = json.loads((out / "results.json").read_text())
+    assert again["sweep"]["speed_models_kept"] == ["shufflenet_v2_x0_5"]
+    assert "kept from an earlier attempt of this run" in printed
+    assert again["deployment"] == first["deployment"]
+    assert again["speed"] == first["speed"]
+    assert again["int8_choice"] == first["int8_choice"]
+    assert (
+        "rows of shufflenet_v2_x0_5 kept from an earlier invocation"
+        in (out / "report.md").read_text()
+    )
+    (exp,) = again["exports"]
+    assert exp["parity_passed"] and "the speed step's export of this checkpoint" in printed
+
+
+def test_earlier_speed_rows_are_reused_only_under_the_same_key_and_files(tmp_path):
+    from bench.measure.step import earlier_measurement, save_measurement
+
+    work = tmp_path / "variants" / "m"
+    work.mkdir(parents=True)
+    (work / "m.onnx").write_bytes(b"fp32")
+    (work / "m.int8.onnx").write_bytes(b"int8")
+    key = {"checkpoint_sha256": "ab", "settings": "rounds=3"}
+    save_measurement(work, key, [{"variant": "ort_fp32"}], [{"variant": "ort_int8"}])
+    assert earlier_measurement(work, dict(key))["deployment"] == [{"variant": "ort_int8"}]
+    assert earlier_measurement(work, {**key, "settings": "rounds=2"}) is None  # other flags
+    assert earlier_measurement(work, {**key, "checkpoint_sha256": "cd"}) is None  # retrained
+    (work / "m.int8.onnx").write_bytes(b"int8 rewritten")  # a file changed since
+    assert earlier_measurement(work, key) is None
+    (work / "m.int8.onnx").unlink()  # or went missing
+    assert earlier_measurement(work, key) is None
+    (work / "measured.json").write_text("{trunc")  # a torn file is ignored, never an error
+    assert earlier_measurement(work, key) is None
+
+
 def test_the_recommended_record_has_one_set_of_keys_whatever_the_variant(tmp_path):
     """Which variant is recommended depends on the machine's speed; the keys of its record in
     results.json must not."""

@@ -547,3 +547,21 @@ def test_rows_keep_a_bounded_sample_list_across_rounds_in_timing_order():
     # Evenly strided through the run: every 5th sample, so the same distribution.
     assert kept[1] == round(x[5] * 1e3, 4)
     assert "latency_ms_samples" in few.to_dict()
+
+
+def test_sweep_note_names_every_phase_and_the_models_kept_from_an_earlier_attempt():
+    from bench.report.markdown import sweep_note
+
+    sw = {"runs": 4, "runs_trained": 4, "runs_finished_earlier": 0,
+          "train_seconds_expected": 7200.0, "expected_from": "densenet121: 2.4 s per batch",
+          "train_seconds_actual": 7000.0, "speed_seconds_actual": 1200.0,
+          "speed_models_kept": ["resnet50", "vgg16_bn"], "robustness_seconds_actual": 600.0,
+          "calibration_seconds_actual": 90.0, "export_seconds_actual": 300.0,
+          "seconds_actual": 9200.0}  # fmt: skip
+    note = sweep_note(sw)
+    for phase in ("of training", "of speed and deployment variants (the rows of resnet50, "
+                  "vgg16_bn kept from an earlier invocation)", "of the corruption benchmark",
+                  "of calibration and Grad-CAM", "of export and parity",
+                  "for the whole command"):  # fmt: skip
+        assert phase in note
+    assert "kept" not in sweep_note({**sw, "speed_models_kept": []})

@@ -376,7 +376,10 @@ def _after_training(results: dict, out: Path, folds: dict, opts: RunOptions, rep
         from bench.measure.step import measure_speed
 
         t = time.perf_counter()
-        assign(results, measure_speed(results, out, ctx, opts, reporter, staged))
+        section = measure_speed(results, out, ctx, opts, reporter, staged)
+        # Models whose rows an interrupted earlier attempt had measured: they cost no time here.
+        results["sweep"]["speed_models_kept"] = section.pop("speed_models_kept")
+        assign(results, section)
         results["sweep"]["speed_seconds_actual"] = time.perf_counter() - t
         report.write_outputs(out, results)
     if opts.robustness != "none":

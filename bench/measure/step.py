@@ -58,19 +58,86 @@ def measure_speed(results: dict, out: Path, ctx, opts, reporter, staged=None) ->
     from bench.measure.deployment import SpeedSettings
 
     settings = SpeedSettings.from_options(opts, ctx.device)
-    rows, deployment = [], []
+    rows, deployment, kept = [], [], []
     for name, row in best_rows(results).items():
         rows.append(training_row(row, ctx))
+        key = measurement_key(results, out / row["checkpoint"], settings, opts)
+        earlier = earlier_measurement(out / "variants" / name, key)
+        if earlier is not None:  # this run was interrupted after measuring the model
+            reporter.log(f"[{name}] speed and deployment rows kept from an earlier attempt "
+                         f"of this run ({out / 'variants' / name / MEASURED}; delete it to "
+                         "measure again)")  # fmt: skip
+            rows += earlier["speed"]
+            deployment += earlier["deployment"]
+            kept.append(name)
+            if staged is not None:
+                staged[name] = out / "variants" / name / f"{name}.onnx"
+            continue
         model, meta = load_checkpoint(out / row["checkpoint"])
         try:
             speed_rows, dep_rows = _measure_best(model, meta, row, out, ctx, opts, settings,
                                                  reporter, staged)  # fmt: skip
             rows += speed_rows
             deployment += dep_rows
+            save_measurement(out / "variants" / name, key, speed_rows, dep_rows)
         except Exception as e:  # a speed failure is recorded, never fatal to the results
             rows.append({"model": name, "runtime": "torch", "error": f"{type(e).__name__}: {e}"})
         del model
-    return speed_section(rows, deployment, out)
+    section = speed_section(rows, deployment, out)
+    section["speed_models_kept"] = kept
+    return section
+
+
+# Beside each model's variant files: its rows and what they were measured with, so that a run
+# killed during the speed step (minutes per model on a CPU) resumes with the next model.
+MEASURED = "measured.json"
+
+
+def measurement_key(results: dict, checkpoint: Path, settings, opts) -> dict:
+    """What a model's speed and deployment rows depend on: the checkpoint's bytes, the run's
+    recipe and data (recipe_hash), the speed flags as resolved here, the calibration sample
+    and the machine and runtimes. Rows are reused only under an equal key."""
+    from bench.measure.robustness import file_sha256
+
+    env = results.get("environment", {})
+    machine = ("cpu", "cpu_isa_class", "cpu_affinity", "torch", "onnxruntime", "openvino",
+               "ort_available_providers", "cuda_device")  # fmt: skip
+    return {
+        "schema_version": results.get("schema_version"),
+        "recipe_hash": results.get("recipe_hash"),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "settings": repr(settings),
+        "calibration_images": opts.calibration_images,
+        "environment": {k: env.get(k) for k in machine},
+    }
+
+
+def earlier_measurement(work_dir: Path, key: dict) -> dict | None:
+    """{"speed", "deployment"} saved by save_measurement under an equal key, while every file
+    it listed in work_dir is still there with its size; else None (measure again)."""
+    import json
+
+    path = work_dir / MEASURED
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if saved.get("key") != key:
+        return None
+    for fname, size in saved.get("files", {}).items():
+        f = work_dir / fname
+        if not f.is_file() or f.stat().st_size != size:
+            return None
+    return saved
+
+
+def save_measurement(work_dir: Path, key: dict, speed_rows: list, dep_rows: list) -> None:
+    from neu._io import atomic_write_json
+
+    files = {f.name: f.stat().st_size for f in sorted(work_dir.iterdir())
+             if f.is_file() and f.name != MEASURED and not f.name.startswith(".")}  # fmt: skip
+    atomic_write_json(work_dir / MEASURED, {"key": key, "files": files, "speed": speed_rows,
+                                            "deployment": dep_rows})  # fmt: skip
 
 
 def _measure_best(model, meta, row, out, ctx, opts, settings, reporter, staged):

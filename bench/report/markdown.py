@@ -362,9 +362,15 @@ def sweep_note(sw: dict) -> str:
             expected += f"; {earlier} of {sw['runs']} runs had finished in an earlier invocation"
     phases = [f"{_minutes(sw.get('train_seconds_actual'))} of training (with per-epoch evaluation)"]
     if sw.get("speed_seconds_actual") is not None:
-        phases.append(f"{_minutes(sw['speed_seconds_actual'])} of speed and deployment variants")
+        kept = sw.get("speed_models_kept") or []
+        phases.append(
+            f"{_minutes(sw['speed_seconds_actual'])} of speed and deployment variants"
+            + (f" (the rows of {', '.join(kept)} kept from an earlier invocation)" if kept else "")
+        )
     if sw.get("robustness_seconds_actual") is not None:
         phases.append(f"{_minutes(sw['robustness_seconds_actual'])} of the corruption benchmark")
+    if sw.get("calibration_seconds_actual") is not None:
+        phases.append(f"{_minutes(sw['calibration_seconds_actual'])} of calibration and Grad-CAM")
     if sw.get("export_seconds_actual") is not None:
         phases.append(f"{_minutes(sw['export_seconds_actual'])} of export and parity")
     return (
