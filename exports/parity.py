@@ -156,6 +156,28 @@ def check_parity(
     )
 
 
+def logits_pair(
+    model: torch.nn.Module,
+    onnx_path: str | Path,
+    inputs: torch.Tensor,
+    *,
+    batch: int = 32,
+    provider: str = "cpu",
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """(FP32 torch logits, the ONNX file's logits, the provider that ran it) on every row of
+    `inputs`: what a reduced-precision file is judged on (exports.fidelity), since its logits
+    differ from torch's by design and strict parity would fail it every time."""
+    x, _, _ = _check_arguments(inputs, None, (batch,))
+    session, actual = create_session(onnx_path, provider=provider, threads=threads, strict=True)
+    reference = _torch_logits(model, x, batch=batch)
+    logits, failure = _onnx_logits(session, session.get_inputs()[0].name, x, batch,
+                                   reference.shape[1])  # fmt: skip
+    if failure:
+        raise RuntimeError(f"{onnx_path}: {failure}")
+    return reference, logits, actual
+
+
 def _check_arguments(inputs, labels, batch_sizes):
     """(x float32 CPU tensor, y int64 array or None, sorted distinct batch sizes)."""
     x = torch.as_tensor(inputs).detach().to("cpu", torch.float32).contiguous()

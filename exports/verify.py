@@ -5,7 +5,8 @@ hashes of the dataset and of the split. verify reloads the dataset, re-derives t
 reads --manifest), runs the ONNX model on every test image (validation for files without a
 test accuracy) through the torch-free preprocessing (neu.image.normalize of the stored uint8
 pixels, exactly what `predict` does), and compares with the recorded accuracy. With
---checkpoint it also runs the full torch-vs-ONNX parity check on those images.
+--checkpoint it also runs the full torch-vs-ONNX parity check on those images (for an
+INT8/FP16 file: the reduced-precision fidelity rule against the FP32 checkpoint).
 
 It also holds every other figure the file states and can be re-checked against what it
 measures (exports.figures.check_stated): test_images, neu_bench.precision against the
@@ -356,7 +357,12 @@ def _what_was_verified(m: _Measured, rule: _Rule, data, not_comparable, parity, 
             f"the recorded {m.which}_accuracy ({recorded}): not comparable, because "
             + "; ".join(not_comparable)
         )
-    if parity is not None:
+    if parity is not None and parity.get("check") == "fidelity":
+        verified.append(
+            f"{parity['precision']} fidelity against {checkpoint} (torch FP32) on the same "
+            f"images: {parity['rule']}"
+        )
+    elif parity is not None:
         verified.append(f"torch-vs-ONNX parity against {checkpoint} on the same images")
     else:
         not_verified.append("torch-vs-ONNX parity (pass --checkpoint best.pt)")
@@ -380,9 +386,24 @@ def _checkpoint_parity(clf, checkpoint, pixels, labels, provider, threads, failu
         )
         return None
     inputs = torch.from_numpy(normalize(pixels, info.mean, info.std))
+    if info.precision != "fp32":
+        return _checkpoint_fidelity(model, clf, inputs, labels, provider, threads, failures)
     report = check_parity(model, clf.path, inputs, labels, provider=provider, threads=threads)
     failures.extend(f"parity: {f}" for f in report.failures)
-    return report.to_dict()
+    return {"check": "parity", **report.to_dict()}
+
+
+def _checkpoint_fidelity(model, clf, inputs, labels, provider, threads, failures) -> dict:
+    """An INT8/FP16 file against its FP32 checkpoint: the reduced-precision rule of
+    exports.fidelity (top-1 agreement and accuracy drop, default thresholds), the rule
+    `bench` judges such a file by; FP32 parity's logit tolerance is not met by design."""
+    from exports.fidelity import compare_logits
+    from exports.parity import logits_pair
+
+    ref, out, actual = logits_pair(model, clf.path, inputs, provider=provider, threads=threads)
+    fid = compare_logits(ref, out, labels, precision=clf.info.precision)
+    failures.extend(f"fidelity vs checkpoint: {f}" for f in fid.failures)
+    return {"check": "fidelity", "provider": actual, **fid.to_dict()}
 
 
 def verify(clf: Classifier, args) -> int:
@@ -416,8 +437,14 @@ def verify(clf: Classifier, args) -> int:
             f"images (recorded {'n/a' if rec is None else f'{rec:.4f}'}), "
             f"provider {result['provider']}"
         )
-        if result["parity"]:
-            p = result["parity"]
+        p = result["parity"]
+        if p and p.get("check") == "fidelity":
+            print(
+                f"{p['precision']} fidelity vs checkpoint: agreement {100 * p['agreement']:.2f}% "
+                f"({p['top1_disagreements']} of {p['n_images']} images flipped), accuracy "
+                f"delta {p['accuracy_delta_pp']:+.2f} pp ({p['rule']})"
+            )
+        elif p:
             print(
                 f"parity vs checkpoint: max_abs_diff {p['max_abs_diff']:.3g}, "
                 f"top-1 disagreements {p['top1_disagreements']}"

@@ -213,3 +213,42 @@ def test_verify_holds_a_variant_to_its_own_accuracy_exactly(verified_run, tmp_pa
     assert exports_main([args[0], str(int8), *args[1:]]) == 1
     failures = json.loads(capsys.readouterr().out)["failures"]
     assert any("recorded test_accuracy" in f and "exact" in f for f in failures), failures
+
+
+def test_verify_checkpoint_judges_an_int8_file_by_fidelity_not_fp32_parity(
+    verified_run,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    # FP32 parity's logit tolerance fails every INT8 file; verify --checkpoint used to apply it.
+    from neu.split import make_split as split_of
+
+    fp32 = verified_run["export"](tmp_path / "m.onnx")
+    ds = load_dataset(verified_run["root"], image_size=SIZE, cache_dir=False)
+    split = split_of(ds, seed=3, val_fraction=0.25, test_fraction=0.5)
+    pixels = ds.images.numpy()
+    x = normalize(pixels[split.test], split.mean, split.std)
+    int8 = tmp_path / "m.int8.onnx"
+    calib = normalize(pixels[split.train], split.mean, split.std)
+    quantize_int8(fp32, int8, calib, int8_settings(vnni=False, machine="x86_64"))
+    labels = ds.labels[split.test]
+    fid = compare_logits(Classifier(fp32).logits(x), Classifier(int8).logits(x), labels,
+                         precision="int8").to_dict()  # fmt: skip
+    # Stated as passed, so that verify reaches the checkpoint check whatever this tiny model's
+    # INT8 copy really does; that check then measures it again.
+    stamp_figures(int8, own_figures(dict(fid, passed=True, failures=[]), precision="int8",
+                                    runtime="onnxruntime", provider="cpu",
+                                    source="test split"))  # fmt: skip
+    argv = ["verify", str(int8), "--data", str(verified_run["root"]),
+            "--checkpoint", str(verified_run["ckpt"])]  # fmt: skip
+    code = exports_main([*argv, "--json"])
+    result = json.loads(capsys.readouterr().out)
+    p = result["parity"]
+    assert p["check"] == "fidelity" and p["precision"] == "int8" and p["n_images"] == len(labels)
+    assert p["agreement"] == pytest.approx(fid["agreement"])  # torch FP32 = the FP32 file here
+    assert p["rule"].startswith("accuracy delta >=")
+    assert not any("max |delta logit|" in f for f in result["failures"])
+    assert code == (0 if p["passed"] else 1), result
+    assert any("int8 fidelity against" in v for v in result["verified"])
+    exports_main(argv)
+    assert "int8 fidelity vs checkpoint: agreement" in capsys.readouterr().out
