@@ -348,6 +348,11 @@ def add_model(
     folder = out / name
     versions = existing_versions(folder)
     out.mkdir(parents=True, exist_ok=True)
+    # A writer killed mid-way (SIGKILL, power loss) never reached its `finally`: its staging
+    # folder, a whole model file, would stay forever. One writer per repository: remove them.
+    for stale in out.glob(f".{name}.*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
     try:
         staged = stage / MODEL_FILE

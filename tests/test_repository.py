@@ -143,6 +143,19 @@ def test_versions_increment_and_are_never_overwritten(plain, tmp_path):
     assert add_model(repo, changed)["version"] == 2
 
 
+def test_a_killed_writers_staging_folder_is_removed_by_the_next(plain, tmp_path):
+    repo = tmp_path / "repo"
+    add_model(repo, plain)
+    left = repo / ".shufflenet_v2_x0_5.k1ll3d"  # what SIGKILL leaves: finally never ran
+    left.mkdir()
+    (left / "model.onnx").write_bytes(plain.read_bytes())
+    other = repo / ".another_model.k1ll3d"  # another model's: not this writer's to judge
+    other.mkdir()
+    assert add_model(repo, plain)["version"] == 1
+    assert not left.exists() and other.is_dir()
+    assert sorted(p.name for p in repo.iterdir()) == [".another_model.k1ll3d", "shufflenet_v2_x0_5"]
+
+
 def test_existing_paths_with_other_content_are_refused(plain, tmp_path):
     notes = tmp_path / "notes"
     notes.mkdir()
