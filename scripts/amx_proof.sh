@@ -101,7 +101,7 @@ EOF
         $PY - "$OUTDIR/sweep/results.json" <<'EOF' | tee -a "$SUMMARY"
 import json, sys
 
-from bench.report.core import sweep_note
+from bench.report.markdown import sweep_note
 
 res = json.loads(open(sys.argv[1]).read())
 print(sweep_note(res["sweep"]))

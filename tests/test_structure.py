@@ -5,11 +5,14 @@ shared modules at the top of the package (config, registry, amp, cpu, device, me
 then train/, measure/, report/ (views of results.json), release/ (the steps that write a
 run's deliverables, using report's renderers), cli/ (the commands), and __main__ (parse and
 dispatch). A module imports only its own room or lower ones, and no set of modules imports
-itself around a circle anywhere (lazy imports inside functions included)."""
+itself around a circle anywhere (lazy imports inside functions included). The Python that
+scripts/*.sh embed imports only names that exist."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,3 +158,24 @@ def test_no_function_is_longer_than_a_screen():
 
 def test_the_length_check_sees_long_functions():
     assert long_functions(limit=40)  # the limit is real: several functions exceed 40 lines
+
+
+def project_imports_in_scripts() -> list[tuple[str, str, str]]:
+    """(script, module, name) of every `from bench|exports|neu... import name` line in the
+    Python that scripts/*.sh run: nothing else runs those lines before a long proof does."""
+    found = []
+    for script in sorted((REPO / "scripts").glob("*.sh")):
+        for line in script.read_text().splitlines():
+            m = re.match(r"\s*from ((?:bench|exports|neu)[\w.]*) import (.+)$", line)
+            if m:
+                names = m.group(2).split(",")
+                found += [(script.name, m.group(1), n.split(" as ")[0].strip()) for n in names]
+    return found
+
+
+def test_the_scripts_import_what_exists():
+    found = project_imports_in_scripts()
+    assert ("amx_proof.sh", "bench.report.markdown", "sweep_note") in found
+    missing = [f"{s}: from {m} import {n}" for s, m, n in found
+               if not hasattr(importlib.import_module(m), n)]  # fmt: skip
+    assert not missing, missing
