@@ -12,7 +12,9 @@
 #   fidelity    ShuffleNetV2, 15 epochs from scratch, --amp off and --amp auto on the same
 #               split; auto's test accuracy must lie in the fp32 run's 95% interval.  ~15 min
 #   sweep       `bench run --models all`, the default recipe: its wall time, expected
-#               and actual, per phase (goal: under 60 minutes).                        ~60 min
+#               and actual, per phase (goal: under 60 minutes; 2 cores of an AVX-512
+#               EPYC took ~111 min to train, then ~10-15 min of speed step per large
+#               model, docs/results.md).                                         3 h or more
 # Runs resume: the same command again after an interruption continues each `bench run`.
 # On a CPU without bf16 hardware it stops unless FORCE=1 (then `auto` is fp32 and the figures
 # prove nothing about bf16). EXTRA: more flags for every `bench run`, TS_EXTRA for
