@@ -28,7 +28,9 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
     assert str(tmp_path / "nope") in out
 
 
-def test_quick_run_is_labelled_and_exports_with_parity(tmp_path, capsys):
+def quick_run_argv(tmp_path) -> tuple[list[str], Path, Path]:
+    """(a --quick run of one small model on a miniature NEU-CLS that reaches every step in
+    seconds, that NEU-CLS, its --out)."""
     data = make_neu_flat(tmp_path / "NEU-CLS", per_class=8, size=(40, 40))
     out = tmp_path / "run"
     argv = [
@@ -37,6 +39,11 @@ def test_quick_run_is_labelled_and_exports_with_parity(tmp_path, capsys):
         "--speed-min-seconds", "0", "--speed-min-iters", "3", "--export", "best",
         "--variants", "int8", "--calibration-images", "8",
     ]  # fmt: skip
+    return argv, data, out
+
+
+def test_quick_run_is_labelled_and_exports_with_parity(tmp_path, capsys):
+    argv, data, out = quick_run_argv(tmp_path)
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "QUICK" in printed
@@ -268,15 +275,8 @@ def test_a_run_killed_after_the_speed_step_keeps_its_rows_when_resumed(
 ):
     from bench.release import export as exporting
 
-    data = make_neu_flat(tmp_path / "NEU-CLS", per_class=8, size=(40, 40))
-    out = tmp_path / "run"
-    argv = [
-        "run", "--quick", "--models", "shufflenet_v2_x0_5", "--data", str(data),
-        "--out", str(out), "--weights", "none", "--image-size", "32", "--epochs", "1",
-        "--speed-min-seconds", "0", "--speed-min-iters", "3", "--export", "best",
-        "--variants", "int8", "--calibration-images", "8", "--robustness", "none",
-        "--no-explain",
-    ]  # fmt: skip
+    argv, _, out = quick_run_argv(tmp_path)
+    argv += ["--robustness", "none", "--no-explain"]
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt

@@ -39,43 +39,30 @@ def full_run(tmp_path_factory):
     return out, results, code
 
 
-def key_paths(obj, prefix: str = "", names: tuple[str, ...] = ()) -> set[str]:
+def key_paths(obj, prefix: str = "", names: tuple[str, ...] = (), nulls=None) -> set[str]:
     """Every key path of a results dict, lists as [] and run-specific keys (model, class and
-    file names, seeds) as <name>, so two runs of one version give the same set."""
+    file names, seeds) as <name>, so two runs of one version give the same set. `nulls` (a
+    set) also collects the paths whose value is null somewhere: an object the run had nothing
+    to put in (no INT8 candidate chosen: `int8_choice.settings`), whose keys below may then be
+    absent from this run without a change of format."""
     out = set()
     if isinstance(obj, dict):
         for k, v in obj.items():
             k = "<name>" if any(n in k for n in names) or re.search(r"[/.]|seed \d", k) else k
             path = f"{prefix}.{k}" if prefix else k
             out.add(path)
-            out |= key_paths(v, path, names)
+            if v is None and nulls is not None:
+                nulls.add(path)
+            out |= key_paths(v, path, names, nulls)
     elif isinstance(obj, list):
         for v in obj:
-            out |= key_paths(v, prefix + "[]", names)
+            out |= key_paths(v, prefix + "[]", names, nulls)
     return out
 
 
-def run_key_paths(results: dict) -> set[str]:
+def run_key_paths(results: dict, nulls=None) -> set[str]:
     names = (MODEL, *results["dataset"]["classes"])
-    return key_paths(results, names=names)
-
-
-def null_paths(obj, prefix: str = "", names: tuple[str, ...] = ()) -> set[str]:
-    """The key paths of key_paths whose value is null somewhere in obj: an object the run had
-    nothing to put in (no INT8 candidate chosen: `int8_choice.settings`), so the keys below
-    it can be absent from this run without a change of format."""
-    out = set()
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            k = "<name>" if any(n in k for n in names) or re.search(r"[/.]|seed \d", k) else k
-            path = f"{prefix}.{k}" if prefix else k
-            if v is None:
-                out.add(path)
-            out |= null_paths(v, path, names)
-    elif isinstance(obj, list):
-        for v in obj:
-            out |= null_paths(v, prefix + "[]", names)
-    return out
+    return key_paths(results, names=names, nulls=nulls)
 
 
 def under_a_null(key: str, nulls: set[str]) -> bool:
@@ -84,7 +71,8 @@ def under_a_null(key: str, nulls: set[str]) -> bool:
 
 def test_keys_below_a_null_object_may_be_absent():
     ran = {"dataset": {"classes": []}, "a": {"settings": None, "b": 1}}
-    nulls = null_paths(ran)
+    nulls = set()
+    run_key_paths(ran, nulls)
     assert nulls == {"a.settings"}
     assert under_a_null("a.settings.reduce_range", nulls)
     assert not under_a_null("a.b", nulls) and not under_a_null("a.settingsx.c", nulls)
@@ -113,12 +101,11 @@ def test_only_the_renames_section_counts():
 def test_results_json_keeps_its_keys(full_run):
     out, results, code = full_run
     assert code == 0, results.get("status")
-    ran = json.loads((out / "results.json").read_text())
-    now = run_key_paths(ran)
+    ran, nulls = json.loads((out / "results.json").read_text()), set()
     # What a run has depends on its machine (which INT8 candidate passes, say): keys below an
     # object that is null in this run are not missing; they stay in the list when it is
     # rewritten here.
-    nulls = null_paths(ran, names=(MODEL, *ran["dataset"]["classes"]))
+    now = run_key_paths(ran, nulls)
     if os.environ.get("NEU_WRITE_KEYS"):  # regenerate after an intended change
         before = set(KEYS_FILE.read_text().split())
         kept = {k for k in before if under_a_null(k, nulls)}

@@ -181,8 +181,9 @@ def test_verify_fails_on_a_wrong_test_image_count_or_precision(verified_run, tmp
         assert why in captured.err and "verify: FAILED" in captured.out
 
 
-@pytest.mark.isa  # INT8 numerics: run once per CPU class
-def test_verify_holds_a_variant_to_its_own_accuracy_exactly(verified_run, tmp_path, capsys):  # noqa: F811
+def int8_copy(verified_run, tmp_path):  # noqa: F811
+    """(INT8 copy of the verified run's FP32 export, calibrated on its training images; the
+    test labels; the copy's fidelity against the FP32 file on the test images)."""
     from neu.split import make_split as split_of
 
     fp32 = verified_run["export"](tmp_path / "m.onnx")
@@ -193,10 +194,16 @@ def test_verify_holds_a_variant_to_its_own_accuracy_exactly(verified_run, tmp_pa
     int8 = tmp_path / "m.int8.onnx"
     calib = normalize(pixels[split.train], split.mean, split.std)
     quantize_int8(fp32, int8, calib, int8_settings(vnni=False, machine="x86_64"))
-    assert Classifier(int8).info.test_accuracy is None  # not the parent's any more
     labels = ds.labels[split.test]
     fid = compare_logits(Classifier(fp32).logits(x), Classifier(int8).logits(x), labels,
                          precision="int8").to_dict()  # fmt: skip
+    return int8, labels, fid
+
+
+@pytest.mark.isa  # INT8 numerics: run once per CPU class
+def test_verify_holds_a_variant_to_its_own_accuracy_exactly(verified_run, tmp_path, capsys):  # noqa: F811
+    int8, labels, fid = int8_copy(verified_run, tmp_path)
+    assert Classifier(int8).info.test_accuracy is None  # not the parent's any more
     stamp_figures(int8, own_figures(fid, precision="int8", runtime="onnxruntime",
                                     provider="cpu", source="test split"))  # fmt: skip
     args = ["verify", "--data", str(verified_run["root"]), "--json"]
@@ -215,25 +222,14 @@ def test_verify_holds_a_variant_to_its_own_accuracy_exactly(verified_run, tmp_pa
     assert any("recorded test_accuracy" in f and "exact" in f for f in failures), failures
 
 
+@pytest.mark.isa  # INT8 numerics: run once per CPU class
 def test_verify_checkpoint_judges_an_int8_file_by_fidelity_not_fp32_parity(
     verified_run,  # noqa: F811
     tmp_path,
     capsys,
 ):
     # FP32 parity's logit tolerance fails every INT8 file; verify --checkpoint used to apply it.
-    from neu.split import make_split as split_of
-
-    fp32 = verified_run["export"](tmp_path / "m.onnx")
-    ds = load_dataset(verified_run["root"], image_size=SIZE, cache_dir=False)
-    split = split_of(ds, seed=3, val_fraction=0.25, test_fraction=0.5)
-    pixels = ds.images.numpy()
-    x = normalize(pixels[split.test], split.mean, split.std)
-    int8 = tmp_path / "m.int8.onnx"
-    calib = normalize(pixels[split.train], split.mean, split.std)
-    quantize_int8(fp32, int8, calib, int8_settings(vnni=False, machine="x86_64"))
-    labels = ds.labels[split.test]
-    fid = compare_logits(Classifier(fp32).logits(x), Classifier(int8).logits(x), labels,
-                         precision="int8").to_dict()  # fmt: skip
+    int8, labels, fid = int8_copy(verified_run, tmp_path)
     # Stated as passed, so that verify reaches the checkpoint check whatever this tiny model's
     # INT8 copy really does; that check then measures it again.
     stamp_figures(int8, own_figures(dict(fid, passed=True, failures=[]), precision="int8",
