@@ -348,11 +348,7 @@ def add_model(
     folder = out / name
     versions = existing_versions(folder)
     out.mkdir(parents=True, exist_ok=True)
-    # A writer killed mid-way (SIGKILL, power loss) never reached its `finally`: its staging
-    # folder, a whole model file, would stay forever. One writer per repository: remove them.
-    for stale in out.glob(f".{name}.*"):
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
+    _remove_stale_stages(out, name)
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
     try:
         staged = stage / MODEL_FILE
@@ -385,6 +381,14 @@ def add_model(
         "config_validated_with_tritonclient": validated,
         "raw_parity": parity,
     }
+
+
+def _remove_stale_stages(out: Path, name: str) -> None:
+    """A writer killed mid-way (SIGKILL, power loss) never reached its `finally`: its staging
+    folder, a whole model file, would stay forever. One writer per repository: remove them."""
+    for stale in out.glob(f".{name}.*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _stage_file(src: Path, staged: Path, info, *, raw: bool, pixels, source: str) -> dict | None:
