@@ -87,7 +87,8 @@ def _add_verify(sub) -> None:
     v.add_argument("--manifest", help="split manifest JSON (default: re-derive from metadata)")
     v.add_argument(
         "--checkpoint",
-        help="best.pt: also run the full torch-vs-ONNX parity check (an INT8/FP16 file: top-1 agreement and accuracy drop against it, as bench judges it)",
+        help="best.pt: also run the full torch-vs-ONNX parity check (an INT8/FP16 file: "
+        "top-1 agreement and accuracy drop against it, as bench judges it)",
     )
     v.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
     v.add_argument("--exclude-bad", action="store_true", help="skip unreadable images")

@@ -61,17 +61,18 @@ def measure_speed(results: dict, out: Path, ctx, opts, reporter, staged=None) ->
     rows, deployment, kept = [], [], []
     for name, row in best_rows(results).items():
         rows.append(training_row(row, ctx))
+        work = out / "variants" / name  # where _measure_best writes the model's files
         key = measurement_key(results, out / row["checkpoint"], settings, opts)
-        earlier = earlier_measurement(out / "variants" / name, key)
+        earlier = earlier_measurement(work, key)
         if earlier is not None:  # this run was interrupted after measuring the model
             reporter.log(f"[{name}] speed and deployment rows kept from an earlier attempt "
-                         f"of this run ({out / 'variants' / name / MEASURED}; delete it to "
-                         "measure again)")  # fmt: skip
+                         f"of this run ({work / MEASURED}; delete it to measure "
+                         "again)")  # fmt: skip
             rows += earlier["speed"]
             deployment += earlier["deployment"]
             kept.append(name)
             if staged is not None:
-                staged[name] = out / "variants" / name / f"{name}.onnx"
+                staged[name] = work / f"{name}.onnx"
             continue
         model, meta = load_checkpoint(out / row["checkpoint"])
         try:
@@ -79,7 +80,7 @@ def measure_speed(results: dict, out: Path, ctx, opts, reporter, staged=None) ->
                                                  reporter, staged)  # fmt: skip
             rows += speed_rows
             deployment += dep_rows
-            save_measurement(out / "variants" / name, key, speed_rows, dep_rows)
+            save_measurement(work, key, speed_rows, dep_rows)
         except Exception as e:  # a speed failure is recorded, never fatal to the results
             rows.append({"model": name, "runtime": "torch", "error": f"{type(e).__name__}: {e}"})
         del model

@@ -72,10 +72,11 @@ def operating_point(
             f"the {len(val_conf)} validation images (all of them: "
             f"{val_correct.mean() if len(val_conf) else float('nan'):.4f})"
         )
-    # Without a threshold every image goes to review: coverage 0, and no automatic decision
-    # to be right or wrong. The same keys either way: readers of results.json see one schema.
-    v_auto = val_conf >= t if t is not None else np.zeros(len(val_conf), bool)
-    e_auto = eval_conf >= t if t is not None else np.zeros(len(eval_conf), bool)
+    # Without a threshold every image goes to review (no confidence reaches infinity):
+    # coverage 0, and no automatic decision to be right or wrong. The same keys either way:
+    # readers of results.json see one schema.
+    cut = np.inf if t is None else t
+    v_auto, e_auto = val_conf >= cut, eval_conf >= cut
     rec["val_coverage"] = _share(int(v_auto.sum()), len(val_conf))
     rec["val_auto_accuracy"] = _share(int(val_correct[v_auto].sum()), int(v_auto.sum()))
     rec[f"{eval_split}_coverage"] = _share(int(e_auto.sum()), len(eval_conf))
